@@ -1,0 +1,147 @@
+"""Result records of one graded case: what the pipeline hands to the report, the CLI and Slicer.
+
+Conventions: heights in millimetres, RHLV as fractions (0.35 = 35 % height loss), world coordinates
+in LPS millimetres (ITK/DICOM convention; Slicer's RAS is (-x, -y, z)).
+
+Straightened space (the frame every 2D view below lives in) is 1 mm isotropic with axes
+``(s, u, v)``: ``s`` arc length along the spine curve, cranial -> caudal; ``u`` antero-posterior,
+increasing towards posterior (so anterior = low index); ``v`` left-right, increasing towards the
+patient's left.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+REGIONS = ("anterior", "middle", "posterior", "overall")
+GENANT_POINTS = (
+    "anterior_superior",
+    "anterior_inferior",
+    "middle_superior",
+    "middle_inferior",
+    "posterior_superior",
+    "posterior_inferior",
+)
+
+# status of a vertebra in a report
+GRADED = "graded"
+INCOMPLETE = "incomplete"  # cut by the field of view: measured partially, never graded
+NO_CONTEXT = "no_context"  # no usable neighbour to predict its healthy shape
+UNSUPPORTED = "unsupported"  # level outside T1-L6 (cervical, sacral)
+FAILED = "failed"
+
+
+@dataclass
+class VertebraViews:
+    """Arrays for the figures of one vertebra, all in straightened space (1 mm pixels).
+
+    ``sagittal_*`` are mid-sagittal slices (rows = s, cranial at top; columns = u, anterior left).
+    ``loss_map`` is the axial height-loss map (rows = u, anterior at top; columns = v), NaN outside
+    the body footprint. ``ap_profile`` is the loss per AP position (mean over the central LR slab).
+    """
+
+    sagittal_ct: np.ndarray | None  # HU, or None for a mask-only case
+    sagittal_original: np.ndarray  # bool, original vertebral body
+    sagittal_healthy: np.ndarray  # bool, pseudo-healthy body
+    sagittal_points: dict[str, tuple[float, float]]  # GENANT_POINTS -> (row s, column u)
+    loss_map: np.ndarray  # float, fraction, NaN outside the footprint
+    ap_positions_mm: np.ndarray  # distance from the anterior edge of the body
+    ap_profile: np.ndarray  # fraction per AP position
+    third_bounds_mm: tuple[float, float]  # anterior|middle and middle|posterior boundaries, same axis
+
+
+@dataclass
+class VertebraResult:
+    """Measurement and grade of one vertebra. ``to_dict`` gives its ``report.json`` entry."""
+
+    level: str  # "L1"
+    label: int  # the value in the input label map
+    verse_label: int | None = None  # the same level in VerSe numbering (grade files use it)
+    status: str = GRADED
+    reason: str | None = None
+    complete: bool = True
+    grade: int | None = None  # Genant 0-3 from the configured grader
+    confidence: float | None = None
+    probabilities: list[float] | None = None  # P(grade 0..3)
+    grade_rule: int | None = None  # transparent Genant threshold rule (20/25/40 %)
+    rhlv: dict[str, float] | None = None  # REGIONS -> fraction
+    heights_mm: dict[str, dict[str, float]] | None = None  # {"original"|"pseudo_healthy": REGIONS -> mm}
+    ratios: dict[str, float | None] | None = None  # reference-free: "min_max", "to_neighbours"
+    genant_points_lps: dict[str, list[float]] | None = None  # GENANT_POINTS -> [x, y, z] LPS mm
+    context: list[dict[str, Any]] = field(default_factory=list)  # neighbours used: level, weight
+    views: VertebraViews | None = None  # not serialised
+
+    def to_dict(self) -> dict[str, Any]:
+        d = {
+            "level": self.level,
+            "label": self.label,
+            "verse_label": self.verse_label,
+            "status": self.status,
+            "reason": self.reason,
+            "complete": self.complete,
+            "grade": self.grade,
+            "confidence": self.confidence,
+            "probabilities": self.probabilities,
+            "grade_rule": self.grade_rule,
+            "rhlv": self.rhlv,
+            "heights_mm": self.heights_mm,
+            "ratios": self.ratios,
+            "genant_points_lps": self.genant_points_lps,
+            "context": self.context,
+        }
+        return _jsonable(d)
+
+
+@dataclass
+class CaseResult:
+    """All graded vertebrae of one case plus provenance. ``to_dict`` gives ``report.json``."""
+
+    case: str
+    engine: str
+    grader: str
+    label_scheme: str
+    vertebrae: list[VertebraResult]
+    inputs: dict[str, str | None]
+    timing_s: dict[str, float] = field(default_factory=dict)
+    # volumes on the input grid (SimpleITK images), written by report.write_outputs
+    loss_volume: Any = None
+    healthy_label_volume: Any = None
+    original_body_volume: Any = None
+
+    def to_dict(self) -> dict[str, Any]:
+        from . import __version__
+
+        return _jsonable(
+            {
+                "healthivert_version": __version__,
+                "notice": "Research use only; not for diagnosis.",
+                "case": self.case,
+                "engine": self.engine,
+                "grader": self.grader,
+                "label_scheme": self.label_scheme,
+                "coordinate_system": "LPS",
+                "units": {"heights": "mm", "rhlv": "fraction", "points": "mm"},
+                "inputs": self.inputs,
+                "vertebrae": [v.to_dict() for v in self.vertebrae],
+                "timing_s": self.timing_s,
+            }
+        )
+
+
+def _jsonable(obj: Any) -> Any:
+    """Plain-JSON copy: numpy scalars to Python, NaN/inf to None, tuples to lists."""
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return _jsonable(obj.tolist())
+    if isinstance(obj, (np.integer,)):
+        return int(obj)
+    if isinstance(obj, (float, np.floating)):
+        f = float(obj)
+        return f if np.isfinite(f) else None
+    return obj
