@@ -77,7 +77,7 @@ class ContextEngine:
         if not above and not below:
             why = "; ".join(f"{lvl}: {reason}" for lvl, reason in rejected) or "none in the label map"
             raise NoContextError(f"no usable neighbouring vertebra ({why})")
-        footprint = target.heights() > 0
+        footprint = target.mask.any(axis=0)
         if above and below:
             a, b = above[0], below[0]
             wa = b.offset / (b.offset - a.offset)
@@ -130,7 +130,7 @@ def transfer_heights(source: VertebralBody, target: VertebralBody) -> np.ndarray
     u_s, v_s = fs.denormalise(a, b)
     iu = (u_s - source.block.start[1]) / source.block.spacing
     iv = (v_s - source.block.start[2]) / source.block.spacing
-    return ndimage.map_coordinates(source.heights(), [iu, iv], order=1, mode="nearest")
+    return ndimage.map_coordinates(source.heights(), [iu, iv], order=1, mode="constant", cval=0.0)
 
 
 def _trend_factor(side: list[Neighbour]) -> float:

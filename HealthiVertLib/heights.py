@@ -8,9 +8,9 @@ RHLV_region = (H_healthy - H_original) / H_healthy, with H the mean column heigh
 Regions are the anterior, middle and posterior thirds of the body's AP depth on the central 40 %
 of its LR width, and all of those columns ("overall").
 
-Unlike the reference implementation, columns are selected by the *pseudo-healthy* height (rim
-columns shorter than half the typical healthy height are partial-volume edges), never by the
-original height, so the most compressed columns of a wedge are kept.
+Unlike the reference implementation, columns are selected by the *pseudo-healthy* body (columns
+within 2 mm of its footprint's edge, or shorter than half its typical height, are partial-volume
+rim), never by the original height, so the most compressed columns of a wedge are kept.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from scipy import ndimage
 
 from .body import CENTRAL_SLAB, Footprint, VertebralBody
 from .results import GENANT_POINTS
@@ -25,6 +26,7 @@ from .results import GENANT_POINTS
 THIRDS = ("anterior", "middle", "posterior")
 POINT_POSITIONS = {"anterior": 0.1, "middle": 0.5, "posterior": 0.9}  # fraction of AP depth
 RIM_FRACTION = 0.5
+RIM_MM = 2  # columns this close to the edge of the footprint are partial-volume rim
 
 
 @dataclass
@@ -80,9 +82,9 @@ def measure(original: VertebralBody, healthy_occupancy: np.ndarray) -> HeightMea
 
 
 def _selected_columns(h_syn: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Central-slab columns whose pseudo-healthy height is not a partial-volume rim."""
+    """Central-slab columns at least RIM_MM inside the pseudo-healthy footprint and not short rims."""
     slab = np.broadcast_to(np.abs(b) <= CENTRAL_SLAB, h_syn.shape)
-    inside = slab & (h_syn > 0)
+    inside = slab & ndimage.binary_erosion(h_syn > 0, iterations=RIM_MM)
     if not inside.any():
         return inside
     typical = np.percentile(h_syn[inside], 90)

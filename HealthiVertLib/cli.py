@@ -1,0 +1,226 @@
+"""The ``healthivert`` command line: grade, demo, batch, train-grader.
+
+Exit status: 0 success, 2 a problem with the input or the request (the message says what to
+do), 1 an unexpected internal error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Sequence
+
+from . import __version__
+from .errors import HealthiVertError
+
+SAMPLE_DIR = Path(__file__).resolve().parent / "data" / "sample"
+NOTICE = "HealthiVert is for research use only; it is not a medical device and not for diagnosis."
+PROGRESS_PREFIX = "HEALTHIVERT_PROGRESS"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``healthivert`` command."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except HealthiVertError as err:
+        print(f"healthivert: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("healthivert: interrupted", file=sys.stderr)
+        return 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser with every sub-command and option documented."""
+    parser = argparse.ArgumentParser(
+        prog="healthivert",
+        description="Grade osteoporotic vertebral compression fractures on CT from a pseudo-healthy "
+        "vertebra: Relative Height Loss (RHLV) per third, axial height-loss maps, Genant grade 0-3. "
+        + NOTICE,
+    )
+    parser.add_argument("--version", action="version", version=f"healthivert {__version__}")
+    sub = parser.add_subparsers(title="commands", metavar="COMMAND")
+    _add_grade(sub)
+    _add_demo(sub)
+    _add_batch(sub)
+    _add_train(sub)
+    return parser
+
+
+def _add_case_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--engine", default="context", choices=["context"],
+                   help="pseudo-healthy engine: 'context' predicts the healthy height map from the "
+                   "neighbouring vertebrae (no weights, works on labels alone). Default: context.")
+    p.add_argument("--labels", default=None, metavar="NUMBERING",
+                   help="label numbering of the vertebra label map: 'verse' (VerSe, TotalSegmentator "
+                   "vertebrae_pp: 20 = L1), 'totalseg' (TotalSegmentator v2 total: 31 = L1) or the path "
+                   "of an nnU-Net dataset.json. Default: detected from the labels and their order.")
+    p.add_argument("--grader", default=None, metavar="JSON",
+                   help="grader parameters written by 'healthivert train-grader'. Default: the bundled "
+                   "grader (see HealthiVertLib/data/grader_default.md for what it was fitted on).")
+    p.add_argument("--no-figures", action="store_true", help="skip the PNG figures (faster).")
+    p.add_argument("--progress", default="bar", choices=["bar", "lines", "none"],
+                   help="progress display: a bar on the terminal, machine-readable lines "
+                   f"'{PROGRESS_PREFIX} <percent> <message>' on stdout (used by the Slicer module), or none.")
+
+
+def _add_grade(sub) -> None:
+    p = sub.add_parser("grade", help="grade the vertebrae of one case",
+                       description="Grade vertebrae of one case and write report.json, report.csv, "
+                       "height-loss and pseudo-healthy volumes on the input grid, figures and index.html.")
+    p.add_argument("--seg", required=True, metavar="SEG",
+                   help="vertebra label map (NIfTI .nii/.nii.gz, NRRD or MHA), e.g. from TotalSegmentator, "
+                   "nnU-Net or VerSe.")
+    p.add_argument("--ct", default=None, metavar="CT",
+                   help="the CT on the same grid as SEG (optional: heights, RHLV and grades need only the labels; "
+                   "the CT adds the image to the figures).")
+    p.add_argument("--subregions", default=None, metavar="SUB",
+                   help="optional vertebral-body labels on the same grid: Kirschke-lab subregions (body = 49, 50) "
+                   "or TotalSegmentator vertebrae_body (body = 1). Without it the posterior elements are "
+                   "removed geometrically.")
+    target = p.add_mutually_exclusive_group(required=True)
+    target.add_argument("--vertebra", nargs="+", metavar="LEVEL", help="levels to grade, e.g. L1 T12.")
+    target.add_argument("--all", action="store_true", help="grade every thoracic and lumbar vertebra in SEG.")
+    p.add_argument("--out", required=True, metavar="DIR", help="output folder (created; files in it are replaced).")
+    p.add_argument("--name", default=None, help="case name in the report (default: from the SEG file name).")
+    _add_case_options(p)
+    p.set_defaults(func=_cmd_grade)
+
+
+def _add_demo(sub) -> None:
+    p = sub.add_parser("demo", help="grade the bundled sample case (no data needed)",
+                       description="Grade every vertebra of the bundled sample case: the TotalSegmentator example "
+                       "abdomen CT (3 mm, Apache-2.0) with its TotalSegmentator labels.")
+    p.add_argument("--out", default="healthivert_demo", metavar="DIR", help="output folder (default: ./healthivert_demo).")
+    p.add_argument("--no-figures", action="store_true", help="skip the PNG figures.")
+    p.add_argument("--progress", default="bar", choices=["bar", "lines", "none"], help="progress display.")
+    p.set_defaults(func=_cmd_demo)
+
+
+def _add_batch(sub) -> None:
+    p = sub.add_parser("batch", help="grade many cases (folder or CSV manifest), resumable",
+                       description="Grade every case of a folder or CSV manifest into OUT/<case>/, in worker "
+                       "processes. Finished cases (OUT/<case>/report.json exists) are skipped, so an interrupted "
+                       "run resumes; a failing case is marked failed and the others go on. Writes OUT/cases.csv "
+                       "(one row per case) and OUT/summary.csv (one row per vertebra).")
+    p.add_argument("input", metavar="INPUT",
+                   help="a CSV manifest with columns case, seg[, ct][, subregions] (paths relative to the CSV), "
+                   "or a folder: one sub-folder per case, or files named <case>_seg.nii.gz / <case>_msk.nii.gz "
+                   "with optional <case>_ct.nii.gz or <case>.nii.gz.")
+    p.add_argument("--out", required=True, metavar="DIR", help="output folder.")
+    p.add_argument("--workers", type=int, default=1, metavar="N", help="worker processes (default 1).")
+    p.add_argument("--vertebra", nargs="+", metavar="LEVEL", default=None,
+                   help="levels to grade in every case (default: all thoracic and lumbar).")
+    _add_case_options(p)
+    p.set_defaults(func=_cmd_batch)
+
+
+def _add_train(sub) -> None:
+    p = sub.add_parser("train-grader", help="fit the linear SVM grader on RHLV features",
+                       description="Fit the grader (standardised RHLV features, linear SVM with balanced class "
+                       "weights, calibrated confidence) and write its parameters as JSON. Tables are CSV files with "
+                       "columns case, verse_label, rhlv_anterior, rhlv_middle, rhlv_posterior and a grade column, "
+                       "or grades from --grades; report.csv and batch summary.csv files qualify.")
+    p.add_argument("tables", nargs="+", metavar="TABLE", help="feature tables (CSV).")
+    p.add_argument("--grades", default=None, metavar="JSON",
+                   help="grade file in the VerSe/HealthiVert vertebra_data.json format: "
+                   "{split: {'<subject>_<VerSe label>': grade}} or a flat {key: grade}.")
+    p.add_argument("--out", required=True, metavar="JSON", help="where to write the grader parameters.")
+    p.add_argument("--C", type=float, default=1.0, help="SVM regularisation (default 1.0).")
+    p.add_argument("--features", nargs="+", default=None,
+                   choices=["rhlv_anterior", "rhlv_middle", "rhlv_posterior", "rhlv_overall"],
+                   help="features (default: the three thirds).")
+    p.set_defaults(func=_cmd_train)
+
+
+def make_progress(mode: str, total_label: str = "grading") -> tuple[Callable[[float, str], None], Callable[[], None]]:
+    """A progress callback for ``mode`` and a function that closes it."""
+    if mode == "lines":
+        def report(fraction: float, message: str) -> None:
+            print(f"{PROGRESS_PREFIX} {100 * fraction:.0f} {message}", flush=True)
+        return report, lambda: None
+    if mode == "none":
+        return (lambda fraction, message: None), lambda: None
+    from tqdm import tqdm
+
+    bar = tqdm(total=100, desc=total_label, unit="%", bar_format="{desc}: {percentage:3.0f}%|{bar}| {postfix}")
+
+    def update(fraction: float, message: str) -> None:
+        bar.n = round(100 * fraction)
+        bar.set_postfix_str(message)
+        bar.refresh()
+
+    return update, bar.close
+
+
+def _grade_and_write(seg, ct, subregions, vertebrae, out, args, name=None) -> int:
+    from .grading import SVMGrader
+    from .io import load_case
+    from .pipeline import grade_case
+    from .report import summary_table, write_outputs
+
+    t0 = time.perf_counter()
+    progress, close = make_progress(args.progress)
+    progress(0.0, "reading inputs")
+    case = load_case(seg, ct, subregions, labels=getattr(args, "labels", None), name=name)
+    load_s = time.perf_counter() - t0
+    grader = SVMGrader.load(args.grader) if getattr(args, "grader", None) else None
+    result = grade_case(case, vertebrae, engine=getattr(args, "engine", "context"), grader=grader,
+                        progress=lambda f, m: progress(0.05 + 0.8 * f, m))
+    progress(0.9, "writing outputs")
+    t = time.perf_counter()
+    result.timing_s = {"load": load_s, **result.timing_s}
+    paths = write_outputs(result, out, figures=not args.no_figures)
+    result.timing_s["write"] = time.perf_counter() - t
+    progress(1.0, "done")
+    close()
+    if args.progress != "lines":
+        print(summary_table(result))
+        print(f"\nReport: {paths.get('index.html', Path(out) / 'report.json')}")
+        print(NOTICE)
+    return 0
+
+
+def _cmd_grade(args: argparse.Namespace) -> int:
+    return _grade_and_write(args.seg, args.ct, args.subregions, None if args.all else args.vertebra,
+                            args.out, args, name=args.name)
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    seg, ct = SAMPLE_DIR / "seg.nii.gz", SAMPLE_DIR / "ct.nii.gz"
+    if not seg.exists() or not ct.exists():
+        raise HealthiVertError(f"The bundled sample case is missing from {SAMPLE_DIR}; reinstall healthivert.")
+    return _grade_and_write(seg, ct, None, None, args.out, args, name="sample-totalsegmentator")
+
+
+def _cmd_batch(args: argparse.Namespace) -> int:
+    from .batch import run_batch
+
+    return run_batch(args)
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from .grading import FEATURES, train_from_tables
+
+    summary = train_from_tables(args.tables, args.grades, args.out, C=args.C,
+                                features=tuple(args.features) if args.features else FEATURES,
+                                command="healthivert train-grader " + " ".join(sys.argv[2:]))
+    cv = summary.get("cv", {})
+    print(f"Fitted on {summary['n_used']} vertebrae from {summary['n_subjects']} subjects "
+          f"(per grade: {summary['n_per_grade']}); skipped: {summary['skipped']}.")
+    if cv:
+        print(f"Cross-validated by subject: macro-F1 {cv.get('macro_f1', float('nan')):.3f}, "
+              f"quadratic kappa {cv.get('quadratic_kappa', float('nan')):.3f}.")
+    print(f"Grader written to {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,732 @@
+"""Outputs of one graded case: report.json, report.csv, volumes, figures and index.html.
+
+Every file is written atomically (``io.atomic_output``). Figures use ``matplotlib.figure.Figure``
+with an Agg canvas (no pyplot, no global state), so reports can be written from threads or
+worker processes. Research use only, not for diagnosis.
+"""
+
+from __future__ import annotations
+
+import csv
+import html
+import io as _stdio
+import json
+import math
+import re
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+
+from .io import atomic_output, write_bytes_atomic, write_text_atomic
+from .results import (
+    GENANT_POINTS,
+    GRADED,
+    REGIONS,
+    CaseResult,
+    VertebraResult,
+    VertebraViews,
+)
+
+__all__ = [
+    "CSV_COLUMNS",
+    "FIGURE_KINDS",
+    "VOLUME_FILES",
+    "csv_rows",
+    "render_figures",
+    "summary_table",
+    "write_outputs",
+]
+
+NOTICE = "Research use only — not for diagnosis."
+
+CSV_COLUMNS: tuple[str, ...] = (
+    "case",
+    "level",
+    "label",
+    "verse_label",
+    "status",
+    "complete",
+    "grade",
+    "confidence",
+    "grade_rule",
+    "rhlv_anterior",
+    "rhlv_middle",
+    "rhlv_posterior",
+    "rhlv_overall",
+    "h_original_anterior_mm",
+    "h_original_middle_mm",
+    "h_original_posterior_mm",
+    "h_original_overall_mm",
+    "h_healthy_anterior_mm",
+    "h_healthy_middle_mm",
+    "h_healthy_posterior_mm",
+    "h_healthy_overall_mm",
+    "ratio_min_max",
+    "ratio_to_neighbours",
+    "reason",
+)
+
+# output name -> (CaseResult attribute, pixel type)
+VOLUME_FILES: dict[str, tuple[str, str]] = {
+    "height_loss.nii.gz": ("loss_volume", "float32"),
+    "pseudo_healthy_body_label.nii.gz": ("healthy_label_volume", "uint16"),
+    "original_body_label.nii.gz": ("original_body_volume", "uint16"),
+}
+
+FIGURE_KINDS = ("sagittal", "axial_loss", "ap_profile")
+
+GENANT_THRESHOLDS_PCT = ((20.0, "grade 1"), (25.0, "grade 2"), (40.0, "grade 3"))
+GRADE_COLOURS = {0: "#2e9d4a", 1: "#f2c200", 2: "#f07f10", 3: "#d62728"}
+GRADE_TEXT_COLOURS = {0: "#ffffff", 1: "#222222", 2: "#222222", 3: "#ffffff"}
+POINT_ABBREV = {
+    "anterior_superior": "AS",
+    "anterior_inferior": "AI",
+    "middle_superior": "MS",
+    "middle_inferior": "MI",
+    "posterior_superior": "PS",
+    "posterior_inferior": "PI",
+}
+HEIGHT_PAIRS = (
+    ("anterior", "anterior_superior", "anterior_inferior"),
+    ("middle", "middle_superior", "middle_inferior"),
+    ("posterior", "posterior_superior", "posterior_inferior"),
+)
+
+DPI = 110
+CT_WINDOW_HU = (-300.0, 1200.0)
+COLOUR_ORIGINAL = "#2f7fd8"
+COLOUR_HEALTHY = "#ff8c00"
+COLOUR_POINTS = "#e8175d"
+REGION_SHADES = {"anterior": "#e3eefa", "middle": "#eef7e6", "posterior": "#f8efe1"}
+
+
+# ----------------------------------------------------------------------------- formatting
+
+
+def _finite(x: Any) -> float | None:
+    """``x`` as a finite float, or None."""
+    if x is None or isinstance(x, bool):
+        return None
+    try:
+        f = float(x)
+    except (TypeError, ValueError):
+        return None
+    return f if math.isfinite(f) else None
+
+
+def _fmt_float(x: Any, digits: int = 4) -> str:
+    f = _finite(x)
+    return "" if f is None else f"{f:.{digits}f}"
+
+
+def _fmt_pct(x: Any, digits: int = 1) -> str:
+    """A fraction as percent text, ``—`` when missing."""
+    f = _finite(x)
+    return "—" if f is None else f"{100.0 * f:.{digits}f} %"
+
+
+def _fmt_cell(x: Any) -> str:
+    """One CSV cell: empty for None, 4 decimals for floats, true/false for booleans."""
+    if x is None:
+        return ""
+    if isinstance(x, (bool, np.bool_)):
+        return "true" if x else "false"
+    if isinstance(x, (int, np.integer)):
+        return str(int(x))
+    if isinstance(x, (float, np.floating)):
+        return _fmt_float(x)
+    return str(x)
+
+
+def _grade_text(v: VertebraResult) -> str:
+    return "—" if v.grade is None else str(int(v.grade))
+
+
+def _get(d: dict | None, *keys: str) -> Any:
+    """Nested ``d[k1][k2]...`` or None."""
+    for k in keys:
+        if not isinstance(d, dict):
+            return None
+        d = d.get(k)
+    return d
+
+
+# ----------------------------------------------------------------------------- JSON / CSV
+
+
+def _vertebra_row(case: str, v: VertebraResult) -> dict[str, Any]:
+    row: dict[str, Any] = {
+        "case": case,
+        "level": v.level,
+        "label": v.label,
+        "verse_label": v.verse_label,
+        "status": v.status,
+        "complete": v.complete,
+        "grade": v.grade,
+        "confidence": _finite(v.confidence),
+        "grade_rule": v.grade_rule,
+        "ratio_min_max": _finite(_get(v.ratios, "min_max")),
+        "ratio_to_neighbours": _finite(_get(v.ratios, "to_neighbours")),
+        "reason": v.reason,
+    }
+    for r in REGIONS:
+        row[f"rhlv_{r}"] = _finite(_get(v.rhlv, r))
+        row[f"h_original_{r}_mm"] = _finite(_get(v.heights_mm, "original", r))
+        row[f"h_healthy_{r}_mm"] = _finite(_get(v.heights_mm, "pseudo_healthy", r))
+    return row
+
+
+def csv_rows(result: CaseResult) -> list[dict[str, str]]:
+    """The rows of ``report.csv`` as formatted strings keyed by ``CSV_COLUMNS``."""
+    rows = []
+    for v in result.vertebrae:
+        raw = _vertebra_row(result.case, v)
+        rows.append({c: _fmt_cell(raw[c]) for c in CSV_COLUMNS})
+    return rows
+
+
+def _csv_text(result: CaseResult) -> str:
+    buf = _stdio.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(CSV_COLUMNS), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(csv_rows(result))
+    return buf.getvalue()
+
+
+def _json_text(result: CaseResult) -> str:
+    return json.dumps(result.to_dict(), indent=2) + "\n"
+
+
+# ----------------------------------------------------------------------------- volumes
+
+
+def _write_volume(img: Any, path: Path, pixel: str) -> None:
+    import SimpleITK as sitk
+
+    ptype = sitk.sitkFloat32 if pixel == "float32" else sitk.sitkUInt16
+    if img.GetPixelID() != ptype:
+        img = sitk.Cast(img, ptype)
+    with atomic_output(path) as tmp:
+        sitk.WriteImage(img, str(tmp), useCompression=True)
+
+
+def _write_volumes(result: CaseResult, out_dir: Path) -> dict[str, Path]:
+    written = {}
+    for name, (attr, pixel) in VOLUME_FILES.items():
+        img = getattr(result, attr, None)
+        if img is None:
+            continue
+        path = out_dir / name
+        _write_volume(img, path, pixel)
+        written[name] = path
+    return written
+
+
+# ----------------------------------------------------------------------------- figures
+
+
+def _new_figure(size: tuple[float, float]):
+    """A pyplot-free figure with its own Agg canvas."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=size, dpi=DPI, layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _png_bytes(fig) -> bytes:
+    buf = _stdio.BytesIO()
+    fig.savefig(buf, format="png", dpi=DPI, facecolor="white")
+    return buf.getvalue()
+
+
+def _rhlv_line(v: VertebraResult) -> str:
+    thirds = (("A", "anterior"), ("M", "middle"), ("P", "posterior"))
+    parts = [f"{lab} {_fmt_pct(_get(v.rhlv, r))}" for lab, r in thirds]
+    return "RHLV  " + "   ".join(parts)
+
+
+def _title_line(v: VertebraResult) -> str:
+    if v.grade is not None:
+        g = f"Genant grade {int(v.grade)}"
+        if _finite(v.confidence) is not None:
+            g += f" (confidence {_finite(v.confidence):.2f})"
+    else:
+        g = f"not graded ({v.status})"
+    return f"{v.level} — {g}"
+
+
+def _mask_bbox(masks: Sequence[np.ndarray], shape: tuple[int, int], margin: int) -> tuple[int, int, int, int]:
+    """(row0, row1, col0, col1) around the union of ``masks`` plus ``margin`` pixels, clipped."""
+    union = np.zeros(shape, bool)
+    for m in masks:
+        if m is not None and m.shape == shape:
+            union |= m.astype(bool)
+    if not union.any():
+        return 0, shape[0] - 1, 0, shape[1] - 1
+    rows, cols = np.nonzero(union)
+    return (
+        max(int(rows.min()) - margin, 0),
+        min(int(rows.max()) + margin, shape[0] - 1),
+        max(int(cols.min()) - margin, 0),
+        min(int(cols.max()) + margin, shape[1] - 1),
+    )
+
+
+def _sagittal_background(ax, views: VertebraViews, extent: tuple[float, float, float, float]) -> bool:
+    """Draw the CT slice in a bone window; return True when one was drawn."""
+    ct = views.sagittal_ct
+    if ct is None or np.asarray(ct).shape != np.asarray(views.sagittal_original).shape:
+        ax.set_facecolor("#f4f4f4")
+        return False
+    ax.imshow(
+        np.asarray(ct, float),
+        cmap="gray",
+        vmin=CT_WINDOW_HU[0],
+        vmax=CT_WINDOW_HU[1],
+        extent=extent,
+        origin="upper",
+        interpolation="bilinear",
+    )
+    return True
+
+
+def _draw_points_and_heights(ax, v: VertebraResult, y_of) -> bool:
+    """Genant markers with short labels and the three height lines; True if any were drawn."""
+    pts = v.views.sagittal_points if v.views is not None else {}
+    drawn = False
+    for region, sup, inf in HEIGHT_PAIRS:
+        if sup in pts and inf in pts:
+            (s0, u0), (s1, u1) = pts[sup], pts[inf]
+            ax.plot([u0, u1], [y_of(s0), y_of(s1)], color=COLOUR_POINTS, lw=1.6, zorder=4)
+            h = _finite(_get(v.heights_mm, "original", region))
+            if h is not None:
+                ax.annotate(
+                    f"{h:.1f} mm",
+                    xy=((u0 + u1) / 2, (y_of(s0) + y_of(s1)) / 2),
+                    xytext=(3, 0),
+                    textcoords="offset points",
+                    fontsize=7.5,
+                    color="#222222",
+                    va="center",
+                    bbox=dict(boxstyle="round,pad=0.15", fc="white", ec="none", alpha=0.8),
+                    zorder=6,
+                )
+    for name in GENANT_POINTS:
+        if name not in pts:
+            continue
+        s, u = pts[name]
+        ax.plot(u, y_of(s), "o", ms=5.5, mfc=COLOUR_POINTS, mec="white", mew=1.0, zorder=5)
+        below = name.endswith("inferior")
+        ax.annotate(
+            POINT_ABBREV.get(name, name),
+            xy=(u, y_of(s)),
+            xytext=(0, -9 if below else 9),
+            textcoords="offset points",
+            ha="center",
+            va="center",
+            fontsize=7,
+            fontweight="bold",
+            color=COLOUR_POINTS,
+            bbox=dict(boxstyle="round,pad=0.1", fc="white", ec="none", alpha=0.75),
+            zorder=6,
+        )
+        drawn = True
+    return drawn
+
+
+def _sagittal_legend(ax, has_points: bool) -> None:
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
+
+    handles = [
+        Patch(facecolor=COLOUR_ORIGINAL, alpha=0.45, edgecolor=COLOUR_ORIGINAL, label="original body"),
+        Line2D([], [], color=COLOUR_HEALTHY, lw=2.0, label="pseudo-healthy"),
+    ]
+    if has_points:
+        handles.append(
+            Line2D([], [], color=COLOUR_POINTS, lw=1.6, marker="o", mfc=COLOUR_POINTS, mec="white", ms=5.5,
+                   label="Genant points / heights")
+        )
+    ax.legend(handles=handles, loc="lower left", fontsize=7.5, framealpha=0.85, bbox_to_anchor=(0.0, 1.0),
+              ncol=len(handles), borderaxespad=0.3, handlelength=1.6, columnspacing=1.0)
+
+
+def sagittal_figure(v: VertebraResult) -> bytes:
+    """Mid-sagittal view: CT, original body (filled), pseudo-healthy outline, Genant points."""
+    from matplotlib.colors import ListedColormap
+
+    views = v.views
+    orig = np.asarray(views.sagittal_original, bool)
+    healthy = np.asarray(views.sagittal_healthy, bool)
+    n_rows, n_cols = orig.shape
+
+    def y_of(s: Any) -> Any:  # cranial up: mm above the lowest row
+        return (n_rows - 1) - np.asarray(s, float)
+
+    extent = (-0.5, n_cols - 0.5, -0.5, n_rows - 0.5)
+
+    fig = _new_figure((5.6, 6.0))
+    ax = fig.add_subplot()
+    has_ct = _sagittal_background(ax, views, extent)
+    ax.imshow(np.ma.masked_where(~orig, orig.astype(float)), cmap=ListedColormap([COLOUR_ORIGINAL]),
+              alpha=0.35 if has_ct else 0.45, extent=extent, origin="upper", interpolation="nearest", zorder=2)
+    if orig.any():
+        ax.contour(np.arange(n_cols), y_of(np.arange(n_rows)), orig.astype(float), levels=[0.5],
+                   colors=[COLOUR_ORIGINAL], linewidths=0.9, zorder=3)
+    if healthy.shape == orig.shape and healthy.any():
+        ax.contour(np.arange(n_cols), y_of(np.arange(n_rows)), healthy.astype(float), levels=[0.5],
+                   colors=[COLOUR_HEALTHY], linewidths=2.0, zorder=3)
+    has_points = _draw_points_and_heights(ax, v, y_of)
+
+    r0, r1, c0, c1 = _mask_bbox([orig, healthy], orig.shape, margin=12)
+    ax.set_xlim(c0 - 0.5, c1 + 0.5)
+    ax.set_ylim(y_of(r1) - 0.5, y_of(r0) + 0.5)
+    ax.set_aspect("equal")
+    ax.set_xlabel("anterior ← → posterior (mm)", fontsize=9)
+    ax.set_ylabel("cranial ↑ (mm along the spine)", fontsize=9)
+    ax.tick_params(labelsize=8)
+    _sagittal_legend(ax, has_points)
+    ax.set_title(f"{_title_line(v)}\n{_rhlv_line(v)}", fontsize=10, pad=24)
+    return _png_bytes(fig)
+
+
+def _footprint_front_row(loss: np.ndarray) -> int | None:
+    rows = np.nonzero(np.isfinite(loss).any(axis=1))[0]
+    return int(rows[0]) if rows.size else None
+
+
+def axial_loss_figure(v: VertebraResult) -> bytes:
+    """Axial height-loss map in percent, radiological convention (patient right on image left)."""
+    import matplotlib
+
+    loss = np.asarray(v.views.loss_map, float) * 100.0
+    finite = np.isfinite(loss)
+    vmax = max(40.0, float(np.nanmax(loss)) if finite.any() else 0.0)
+    cmap = matplotlib.colormaps["inferno_r"].with_extremes(bad=(0, 0, 0, 0))
+    n_rows, n_cols = loss.shape
+
+    fig = _new_figure((5.6, 5.0))
+    ax = fig.add_subplot()
+    ax.set_facecolor("#f4f4f4")
+    im = ax.imshow(np.ma.masked_invalid(loss), cmap=cmap, vmin=0.0, vmax=vmax, origin="upper",
+                   extent=(-0.5, n_cols - 0.5, n_rows - 0.5, -0.5), interpolation="nearest")
+    if finite.any():
+        ax.contour(np.arange(n_cols), np.arange(n_rows), finite.astype(float), levels=[0.5],
+                   colors=["#555555"], linewidths=0.8)
+    _axial_third_lines(ax, v.views, loss, n_cols)
+    below_zero = bool(finite.any() and np.nanmin(loss) < 0.0)
+    cbar = fig.colorbar(im, ax=ax, shrink=0.85, extend="min" if below_zero else "neither")
+    cbar.set_label("height loss (%)", fontsize=9)
+    cbar.ax.tick_params(labelsize=8)
+    for thr, _ in GENANT_THRESHOLDS_PCT:
+        if thr <= vmax:
+            cbar.ax.axhline(thr, color="white", lw=1.0, ls="--")
+    ax.set_aspect("equal")
+    ax.set_xlabel("R  ← patient right · patient left →  L   (mm)", fontsize=9)
+    ax.set_ylabel("anterior ↑ · posterior ↓ (mm)", fontsize=9)
+    ax.tick_params(labelsize=8)
+    _orientation_letters(ax)
+    ax.set_title(f"Height loss map (axial), {v.level}\n{_rhlv_line(v)}", fontsize=10)
+    return _png_bytes(fig)
+
+
+def _axial_third_lines(ax, views: VertebraViews, loss: np.ndarray, n_cols: int) -> None:
+    """Dashed lines at the anterior|middle and middle|posterior boundaries (from the front row)."""
+    front = _footprint_front_row(loss)
+    bounds = [_finite(b) for b in (views.third_bounds_mm or ())]
+    if front is None:
+        return
+    for b, name in zip(bounds, ("anterior | middle", "middle | posterior")):
+        if b is None:
+            continue
+        ax.axhline(front + b, color="#1a1a1a", lw=0.9, ls=(0, (4, 3)), alpha=0.8)
+        ax.text(n_cols - 1.0, front + b - 0.4, name, fontsize=7, ha="right", va="bottom", color="#222222",
+                bbox=dict(boxstyle="round,pad=0.15", fc="white", ec="none", alpha=0.75))
+
+
+def _orientation_letters(ax) -> None:
+    style = dict(transform=ax.transAxes, fontsize=11, fontweight="bold", color="#222222", ha="center",
+                 va="center", bbox=dict(boxstyle="round,pad=0.2", fc="white", ec="#bbbbbb", alpha=0.85))
+    ax.text(0.03, 0.5, "R", **style)
+    ax.text(0.97, 0.5, "L", **style)
+    ax.text(0.5, 0.97, "A", **style)
+    ax.text(0.5, 0.03, "P", **style)
+
+
+def ap_profile_figure(v: VertebraResult) -> bytes:
+    """Loss (%) against the distance from the anterior edge, thirds shaded, Genant thresholds."""
+    views = v.views
+    x = np.asarray(views.ap_positions_mm, float).ravel()
+    y = np.asarray(views.ap_profile, float).ravel() * 100.0
+    n = min(x.size, y.size)
+    x, y = x[:n], y[:n]
+    fig = _new_figure((6.4, 4.0))
+    ax = fig.add_subplot()
+    x_lo, x_hi = (float(np.nanmin(x)), float(np.nanmax(x))) if np.isfinite(x).any() else (0.0, 1.0)
+    _shade_thirds(ax, views.third_bounds_mm, x_lo, x_hi)
+    for thr, name in GENANT_THRESHOLDS_PCT:
+        ax.axhline(thr, color="#7a7a7a", lw=1.0, ls="--", zorder=1)
+        ax.text(x_hi, thr, f" {thr:.0f} % ({name})", fontsize=7.5, color="#555555", va="center", ha="left",
+                clip_on=False)
+    ax.axhline(0.0, color="#999999", lw=0.8, zorder=1)
+    ax.plot(x, y, color="#b2182b", lw=2.0, zorder=3, label="height loss")
+    y_fin = y[np.isfinite(y)]
+    y_max = max(45.0, float(y_fin.max()) + 5.0) if y_fin.size else 45.0
+    y_min = min(0.0, float(y_fin.min()) - 5.0) if y_fin.size else 0.0
+    ax.set_xlim(x_lo, x_hi)
+    ax.set_ylim(y_min, y_max)
+    ax.set_xlabel("distance from the anterior edge (mm)   anterior → posterior", fontsize=9)
+    ax.set_ylabel("height loss (%)", fontsize=9)
+    ax.tick_params(labelsize=8)
+    ax.grid(axis="y", color="#e0e0e0", lw=0.6, zorder=0)
+    ax.set_title(f"Antero-posterior height-loss profile, {v.level}\n{_rhlv_line(v)}", fontsize=10)
+    return _png_bytes(fig)
+
+
+def _shade_thirds(ax, bounds: Sequence[float] | None, x_lo: float, x_hi: float) -> None:
+    b = [_finite(t) for t in (bounds or ())]
+    if len(b) != 2 or None in b:
+        return
+    edges = [x_lo, b[0], b[1], x_hi]
+    for (name, colour), a, c in zip(REGION_SHADES.items(), edges[:-1], edges[1:]):
+        ax.axvspan(a, c, color=colour, zorder=0, lw=0)
+        ax.text((a + c) / 2, 0.97, name, transform=ax.get_xaxis_transform(), ha="center", va="top",
+                fontsize=8, color="#444444")
+    for t in b:
+        ax.axvline(t, color="#bdbdbd", lw=0.8, zorder=0)
+
+
+_FIGURE_MAKERS = {
+    "sagittal": sagittal_figure,
+    "axial_loss": axial_loss_figure,
+    "ap_profile": ap_profile_figure,
+}
+
+
+def _safe_stem(level: str, used: set[str], label: int) -> str:
+    stem = re.sub(r"[^A-Za-z0-9_-]+", "_", str(level)).strip("_") or f"label{label}"
+    if stem in used:
+        stem = f"{stem}_{label}"
+    used.add(stem)
+    return stem
+
+
+def render_figures(result: CaseResult, out_dir: str | Path) -> dict[int, dict[str, Path]]:
+    """Write the three PNGs of every vertebra with views; index in ``result.vertebrae`` -> kind -> path."""
+    fig_dir = Path(out_dir) / "figures"
+    used: set[str] = set()
+    out: dict[int, dict[str, Path]] = {}
+    for i, v in enumerate(result.vertebrae):
+        if v.views is None:
+            continue
+        stem = _safe_stem(v.level, used, v.label)
+        paths = {}
+        for kind, maker in _FIGURE_MAKERS.items():
+            path = fig_dir / f"{stem}_{kind}.png"
+            write_bytes_atomic(path, maker(v))
+            paths[kind] = path
+        out[i] = paths
+    return out
+
+
+# ----------------------------------------------------------------------------- HTML
+
+_CSS = """
+body{font-family:-apple-system,"Segoe UI",Helvetica,Arial,sans-serif;margin:24px auto;max-width:1280px;
+color:#222;padding:0 16px;line-height:1.4}
+h1{font-size:1.6em;margin-bottom:4px}h2{font-size:1.25em;margin-top:32px;border-bottom:1px solid #ddd}
+.notice{background:#fff3cd;border:2px solid #d39e00;color:#6b4e00;padding:10px 14px;font-weight:bold;
+font-size:1.1em;border-radius:4px;margin:12px 0}
+.meta{color:#555;font-size:.95em}
+table{border-collapse:collapse;margin:8px 0;font-size:.95em}
+th,td{border:1px solid #ccc;padding:4px 10px;text-align:left}th{background:#f0f0f0}
+td.num{text-align:right;font-variant-numeric:tabular-nums}
+.chip{display:inline-block;min-width:1.6em;text-align:center;border-radius:10px;padding:1px 8px;
+font-weight:bold}
+.figs{display:flex;flex-wrap:wrap;gap:12px;align-items:flex-start}
+.figs img{max-width:100%;border:1px solid #ddd}
+.muted{color:#777}
+"""
+
+
+def _e(x: Any) -> str:
+    return html.escape("" if x is None else str(x), quote=True)
+
+
+def _grade_chip(grade: int | None) -> str:
+    if grade is None:
+        return '<span class="chip" style="background:#ddd;color:#555">—</span>'
+    g = int(grade)
+    bg, fg = GRADE_COLOURS.get(g, "#999"), GRADE_TEXT_COLOURS.get(g, "#fff")
+    return f'<span class="chip" style="background:{bg};color:{fg}">{_e(g)}</span>'
+
+
+def _table(header: Iterable[str], rows: Iterable[Iterable[str]], numeric: set[int] = frozenset()) -> str:
+    """An HTML table; cells are already-escaped HTML."""
+    head = "".join(f"<th>{h}</th>" for h in header)
+    body = []
+    for row in rows:
+        cells = "".join(
+            f'<td class="num">{c}</td>' if j in numeric else f"<td>{c}</td>" for j, c in enumerate(row)
+        )
+        body.append(f"<tr>{cells}</tr>")
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+
+
+def _summary_html(result: CaseResult) -> str:
+    header = ["Level", "Status", "Grade", "Confidence", "RHLV anterior", "RHLV middle", "RHLV posterior",
+              "RHLV overall", "Reason"]
+    rows = []
+    for v in result.vertebrae:
+        conf = _finite(v.confidence)
+        rows.append(
+            [_e(v.level), _e(v.status), _grade_chip(v.grade), "—" if conf is None else _e(f"{conf:.2f}")]
+            + [_e(_fmt_pct(_get(v.rhlv, r))) for r in REGIONS]
+            + [_e(v.reason)]
+        )
+    return _table(header, rows, numeric={3, 4, 5, 6, 7})
+
+
+def _measure_html(v: VertebraResult) -> str:
+    rows = []
+    for r in REGIONS:
+        h_o, h_h = _get(v.heights_mm, "original", r), _get(v.heights_mm, "pseudo_healthy", r)
+        rows.append([_e(r), _e(_fmt_float(h_o, 1) or "—"), _e(_fmt_float(h_h, 1) or "—"),
+                     _e(_fmt_pct(_get(v.rhlv, r)))])
+    table = _table(["Region", "Original height (mm)", "Pseudo-healthy height (mm)", "RHLV"], rows, {1, 2, 3})
+    extras = []
+    if v.grade_rule is not None:
+        extras.append(f"Genant threshold rule (20/25/40 %): grade {_e(v.grade_rule)}")
+    for key, name in (("min_max", "ratio min/max height"), ("to_neighbours", "ratio to neighbours")):
+        val = _finite(_get(v.ratios, key))
+        if val is not None:
+            extras.append(f"{_e(name)}: {_e(f'{val:.3f}')}")
+    if v.context:
+        ctx = ", ".join(_e(c.get("level", "?")) for c in v.context if isinstance(c, dict))
+        extras.append(f"context vertebrae: {ctx}")
+    extra = f'<p class="meta">{" · ".join(extras)}</p>' if extras else ""
+    return table + extra
+
+
+def _vertebra_section(v: VertebraResult, figs: dict[str, Path] | None, out_dir: Path) -> str:
+    conf = _finite(v.confidence)
+    conf_txt = "" if conf is None else f", confidence {conf:.2f}"
+    head = f"<h2>{_e(v.level)} {_grade_chip(v.grade)} <span class=\"meta\">{_e(v.status)}{_e(conf_txt)}</span></h2>"
+    parts = [head]
+    if v.reason:
+        parts.append(f'<p class="meta">{_e(v.reason)}</p>')
+    parts.append(_measure_html(v))
+    if figs:
+        imgs = []
+        for kind in FIGURE_KINDS:
+            if kind in figs:
+                rel = figs[kind].relative_to(out_dir).as_posix()
+                alt = f"{v.level} {kind.replace('_', ' ')}"
+                imgs.append(f'<a href="{_e(rel)}"><img src="{_e(rel)}" alt="{_e(alt)}"></a>')
+        parts.append(f'<div class="figs">{"".join(imgs)}</div>')
+    return "<section>" + "".join(parts) + "</section>"
+
+
+def _files_html(files: dict[str, Path], out_dir: Path) -> str:
+    items = []
+    for name in ("report.json", "report.csv", *VOLUME_FILES):
+        if name in files:
+            rel = files[name].relative_to(out_dir).as_posix()
+            items.append(f'<li><a href="{_e(rel)}">{_e(name)}</a></li>')
+    return f"<ul>{''.join(items)}</ul>"
+
+
+def _timing_html(timing: dict[str, float]) -> str:
+    if not timing:
+        return '<p class="muted">no timing recorded</p>'
+    rows = [[_e(k), _e(_fmt_float(t, 2) or "—")] for k, t in timing.items()]
+    return _table(["Step", "Time (s)"], rows, {1})
+
+
+def _index_html(result: CaseResult, files: dict[str, Path], figs: dict[int, dict[str, Path]], out_dir: Path) -> str:
+    from . import __version__
+
+    sections = [
+        _vertebra_section(v, figs.get(i), out_dir)
+        for i, v in enumerate(result.vertebrae)
+        if v.status == GRADED or i in figs
+    ]
+    inputs = "".join(f"<li>{_e(k)}: {_e(p) if p else '—'}</li>" for k, p in (result.inputs or {}).items())
+    title = f"HealthiVert report — {result.case}"
+    return f"""<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>{_e(title)}</title>
+<style>{_CSS}</style>
+</head>
+<body>
+<h1>{_e(title)}</h1>
+<div class="notice">{_e(NOTICE)}</div>
+<p class="meta">Engine: <b>{_e(result.engine)}</b> · Grader: <b>{_e(result.grader)}</b> ·
+Label scheme: {_e(result.label_scheme)} · HealthiVert {_e(__version__)}</p>
+<p class="meta">RHLV = (H<sub>pseudo-healthy</sub> − H<sub>original</sub>) / H<sub>pseudo-healthy</sub>;
+Genant thresholds 20 / 25 / 40 %. Orientation: axial maps in radiological convention (patient right on
+the image left).</p>
+<h2>Summary</h2>
+{_summary_html(result)}
+{''.join(sections)}
+<h2>Files</h2>
+{_files_html(files, out_dir)}
+<h2>Inputs</h2>
+<ul>{inputs}</ul>
+<h2>Timing</h2>
+{_timing_html(result.timing_s)}
+</body>
+</html>
+"""
+
+
+# ----------------------------------------------------------------------------- public entry points
+
+
+def write_outputs(result: CaseResult, out_dir: str | Path, *, figures: bool = True) -> dict[str, Path]:
+    """Write every output of ``result`` into ``out_dir``; return file name (relative path) -> path."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    files: dict[str, Path] = {}
+
+    files["report.json"] = out_dir / "report.json"
+    write_text_atomic(files["report.json"], _json_text(result))
+    files["report.csv"] = out_dir / "report.csv"
+    write_text_atomic(files["report.csv"], _csv_text(result))
+    files.update(_write_volumes(result, out_dir))
+
+    figs = render_figures(result, out_dir) if figures else {}
+    for paths in figs.values():
+        for path in paths.values():
+            files[path.relative_to(out_dir).as_posix()] = path
+
+    files["index.html"] = out_dir / "index.html"
+    write_text_atomic(files["index.html"], _index_html(result, files, figs, out_dir))
+    return files
+
+
+def summary_table(result: CaseResult) -> str:
+    """Plain-text table of the vertebrae (level, status, grade, confidence, RHLV A/M/P/overall in %)."""
+    header = ["Level", "Status", "Grade", "Conf.", "RHLV A", "RHLV M", "RHLV P", "RHLV all"]
+    rows = [header]
+    for v in result.vertebrae:
+        conf = _finite(v.confidence)
+        rows.append(
+            [str(v.level), str(v.status), _grade_text(v), "—" if conf is None else f"{conf:.2f}"]
+            + [_fmt_pct(_get(v.rhlv, r)) for r in REGIONS]
+        )
+    widths = [max(len(r[j]) for r in rows) for j in range(len(header))]
+
+    def line(r: list[str]) -> str:
+        left = [r[j].ljust(widths[j]) for j in range(2)]
+        right = [r[j].rjust(widths[j]) for j in range(2, len(r))]
+        return "  ".join(left + right).rstrip()
+
+    sep = "  ".join("-" * w for w in widths)
+    return "\n".join([line(rows[0]), sep, *(line(r) for r in rows[1:])])
