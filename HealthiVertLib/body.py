@@ -22,6 +22,7 @@ from scipy import ndimage
 from .straighten import Block, LocalFrame, world_to_index_affine
 
 MARGIN_MM = 4.0
+HEIGHT_MARGIN_MM = 14.0  # room along s for a pseudo-healthy body taller than the fractured one
 CENTRAL_SLAB = 0.4  # fraction of the body's LR width used for AP measurements (centred)
 
 
@@ -113,8 +114,9 @@ def _block_around(seg: sitk.Image, lo: np.ndarray, hi: np.ndarray, frame: LocalF
     corners = np.array([[x, y, z] for x in (lo[0], hi[0]) for y in (lo[1], hi[1]) for z in (lo[2], hi[2])], float)
     world = np.array([seg.TransformContinuousIndexToPhysicalPoint(c.tolist()) for c in corners - 0.5])
     local = frame.to_local(world)
-    start = np.floor(local.min(axis=0) - MARGIN_MM)
-    stop = np.ceil(local.max(axis=0) + MARGIN_MM)
+    margin = np.array([HEIGHT_MARGIN_MM, MARGIN_MM, MARGIN_MM])
+    start = np.floor(local.min(axis=0) - margin)
+    stop = np.ceil(local.max(axis=0) + margin)
     return Block(start=tuple(start), shape=tuple((stop - start + 1).astype(int)))
 
 

@@ -1,0 +1,172 @@
+"""The core pipeline on real label maps: heights, RHLV, grades, context choice, volumes."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+from conftest import DATA, SAMPLE_CT, SAMPLE_SEG, TPT_SEG, TPT_SUB, compress
+
+from HealthiVertLib.errors import HealthiVertError
+from HealthiVertLib.io import load_case
+from HealthiVertLib.pipeline import grade_case
+from HealthiVertLib.results import GRADED, INCOMPLETE, NO_CONTEXT
+
+
+def _by_level(result):
+    return {v.level: v for v in result.vertebrae}
+
+
+def _case_from(seg: sitk.Image, tmp_path, name="case", labels=None):
+    path = tmp_path / f"{name}_seg.nii.gz"
+    sitk.WriteImage(seg, str(path))
+    return load_case(path, labels=labels)
+
+
+@pytest.fixture(scope="module")
+def sample_result():
+    return grade_case(load_case(SAMPLE_SEG, SAMPLE_CT))
+
+
+def test_sample_case_grades_lumbar_and_flags_cut_vertebrae(sample_result):
+    v = _by_level(sample_result)
+    assert [x.level for x in sample_result.vertebrae] == ["T11", "T12", "L1", "L2", "L3", "L4", "L5"]
+    assert v["T11"].status == v["T12"].status == INCOMPLETE and v["T12"].grade is None
+    assert "field of view" in v["T12"].reason
+    for level in ("L1", "L2", "L3", "L4", "L5"):
+        assert v[level].status == GRADED
+        assert 0 <= v[level].grade <= 3 and 0 < v[level].confidence <= 1
+        assert abs(sum(v[level].probabilities) - 1) < 1e-6
+    for level in ("L2", "L3", "L4"):  # healthy lumbar vertebrae
+        assert v[level].grade == 0
+        assert max(v[level].rhlv[r] for r in ("anterior", "middle", "posterior")) < 0.12
+
+
+def test_heights_agree_with_totalsegmentator_spine_report(sample_result):
+    """Mean body height vs TotalSegmentator's mean of its three heights (3 mm voxels)."""
+    report = json.loads((DATA / "totalsegmentator" / "ts_spine_report.json").read_text())["results"]
+    for level, v in _by_level(sample_result).items():
+        if v.status != GRADED:
+            continue
+        ts = np.mean([report[f"vertebrae_{level}_height_{p}_mm"] for p in ("anterior", "middle", "posterior")])
+        assert abs(v.heights_mm["original"]["overall"] - ts) < 3.5, level
+
+
+def test_genant_points_are_anatomical(sample_result):
+    l3 = _by_level(sample_result)["L3"]
+    p = {k: np.array(x) for k, x in l3.genant_points_lps.items()}
+    for where in ("anterior", "middle", "posterior"):
+        height = np.linalg.norm(p[f"{where}_superior"] - p[f"{where}_inferior"])
+        assert 18 < height < 35
+        assert p[f"{where}_superior"][2] > p[f"{where}_inferior"][2]  # LPS z is superior
+    assert p["anterior_superior"][1] < p["posterior_superior"][1] - 20  # LPS y is posterior
+
+
+def test_mask_only_gives_the_same_measurements(sample_result):
+    masks_only = grade_case(load_case(SAMPLE_SEG), volumes=False)
+    for a, b in zip(sample_result.vertebrae, masks_only.vertebrae):
+        assert a.status == b.status and a.grade == b.grade
+        if a.rhlv:
+            assert a.rhlv == pytest.approx(b.rhlv, abs=1e-9)
+    assert all(v.views is None or v.views.sagittal_ct is None for v in masks_only.vertebrae)
+
+
+def test_orientation_does_not_change_the_result(sample_seg, tmp_path, sample_result):
+    flipped = sitk.DICOMOrient(sample_seg, "PIL")
+    result = grade_case(_case_from(flipped, tmp_path), volumes=False)
+    for a, b in zip(sample_result.vertebrae, result.vertebrae):
+        assert a.status == b.status
+        if a.rhlv:
+            assert a.rhlv["overall"] == pytest.approx(b.rhlv["overall"], abs=1e-3)
+
+
+def test_volumes_are_on_the_input_grid(sample_result, sample_seg):
+    loss, healthy, original = (sample_result.loss_volume, sample_result.healthy_label_volume,
+                               sample_result.original_body_volume)
+    seg = sitk.GetArrayViewFromImage(sample_seg)
+    for img in (loss, healthy, original):
+        assert img.GetSize() == sample_seg.GetSize()
+        assert np.allclose(img.GetDirection(), sample_seg.GetDirection())
+        assert np.allclose(img.GetOrigin(), sample_seg.GetOrigin())
+    ori = sitk.GetArrayViewFromImage(original)
+    for label in (27, 28, 29, 30, 31):  # L5..L1 graded
+        body = ori == label
+        assert body.sum() > 500
+        assert (seg[body] == label).mean() > 0.95  # the body lies inside its vertebra
+    assert not np.any(ori == 32)  # T12 is cut: not measured
+    lv = sitk.GetArrayViewFromImage(loss)
+    assert np.all(lv[ori == 0] == 0) and np.all((lv >= -1e-5) & (lv <= 1))
+    syn = sitk.GetArrayViewFromImage(healthy)
+    assert ((syn == 29) & (ori == 29)).sum() >= 0.9 * (ori == 29).sum()
+
+
+@pytest.mark.parametrize(
+    "kind,loss,region", [("wedge", 0.6, "anterior"), ("biconcave", 0.45, "middle"), ("crush", 0.45, "overall")]
+)
+def test_simulated_fracture_is_measured_and_graded(sample_seg, tmp_path, kind, loss, region):
+    """``loss`` is the peak loss of the profile; the wedge's anterior third loses ~0.75 of it."""
+    broken = compress(sample_seg, 29, kind, loss)  # L3
+    v = _by_level(grade_case(_case_from(broken, tmp_path), ["L3"], volumes=False))["L3"]
+    assert v.status == GRADED
+    assert v.rhlv[region] > 0.25, v.rhlv
+    assert v.grade >= 2 and v.grade_rule >= 2
+    if kind == "wedge":
+        assert v.rhlv["anterior"] > v.rhlv["posterior"] + 0.25
+    if kind == "crush":
+        assert v.rhlv["overall"] == pytest.approx(loss, abs=0.05)
+
+
+def test_fractured_neighbour_is_not_used_as_context(sample_seg, tmp_path):
+    broken = compress(sample_seg, 30, "crush", 0.4)  # L2 crushed
+    v = _by_level(grade_case(_case_from(broken, tmp_path), ["L3"], volumes=False))["L3"]
+    used = [c["level"] for c in v.context if "weight" in c]
+    rejected = {c["level"]: c["rejected"] for c in v.context if "rejected" in c}
+    assert "L2" not in used and "L2" in rejected
+    assert v.grade == 0 and v.rhlv["overall"] < 0.1
+
+
+def test_vertebra_without_neighbours_is_reported_not_graded(sample_seg, tmp_path):
+    arr = sitk.GetArrayFromImage(sample_seg)
+    arr[(arr != 29)] = 0
+    only_l3 = sitk.GetImageFromArray(arr)
+    only_l3.CopyInformation(sample_seg)
+    v = _by_level(grade_case(_case_from(only_l3, tmp_path, labels="totalseg"), volumes=False))["L3"]
+    assert v.status == NO_CONTEXT and v.grade is None and "neighbour" in v.reason
+
+
+def test_cut_neighbours_leave_no_context_tptbox():
+    result = grade_case(load_case(TPT_SEG), volumes=False)
+    v = _by_level(result)
+    assert v["L2"].status == INCOMPLETE and v["L4"].status == INCOMPLETE
+    assert v["L3"].status == NO_CONTEXT and "cut by the field of view" in v["L3"].reason
+
+
+def test_subregion_body_labels_are_used(tmp_path):
+    geometric = _by_level(grade_case(load_case(TPT_SEG), volumes=False))
+    with_sub = _by_level(grade_case(load_case(TPT_SEG, subregions_path=TPT_SUB), volumes=False))
+    assert geometric["L3"].status == with_sub["L3"].status == NO_CONTEXT  # same decisions either way
+
+
+def test_t13_and_l6_levels(sample_seg, tmp_path):
+    """A spine numbered T11, T12, T13, L1..L4 (VerSe 18, 19, 28, 20..23): T13 sits between T12 and L1."""
+    ts_to_verse = {33: 18, 32: 19, 31: 28, 30: 20, 29: 21, 28: 22, 27: 23}
+    arr = sitk.GetArrayFromImage(sample_seg)
+    out = np.zeros_like(arr)
+    for ts, verse in ts_to_verse.items():
+        out[arr == ts] = verse
+    img = sitk.GetImageFromArray(out)
+    img.CopyInformation(sample_seg)
+    v = _by_level(grade_case(_case_from(img, tmp_path, labels="verse"), volumes=False))
+    assert list(v) == ["T11", "T12", "T13", "L1", "L2", "L3", "L4"]
+    used = [c["level"] for c in v["L1"].context if "weight" in c]
+    assert used == ["T13", "L2"] and v["L1"].status == GRADED
+
+
+def test_unknown_level_and_level_not_present():
+    case = load_case(SAMPLE_SEG)
+    with pytest.raises(HealthiVertError, match="not a vertebra level"):
+        grade_case(case, ["X9"])
+    with pytest.raises(HealthiVertError, match="not in the label map"):
+        grade_case(case, ["T3"])
