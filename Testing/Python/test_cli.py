@@ -1,0 +1,208 @@
+"""The ``healthivert`` command: grade, demo, batch, train-grader, and bad input end to end."""
+
+from __future__ import annotations
+
+import csv
+import re
+import gzip
+import json
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+from conftest import DATA, SAMPLE_CT, SAMPLE_SEG, TPT_CT, TPT_SEG, sha256
+
+from HealthiVertLib.cli import PROGRESS_PREFIX, build_parser, main
+
+
+def run(*args: str) -> int:
+    return main([str(a) for a in args])
+
+
+def test_every_option_is_documented_in_help():
+    parser = build_parser()
+    for action in parser._subparsers._group_actions[0].choices.values():
+        for opt in action._actions:
+            if opt.dest != "help":
+                assert opt.help, f"{action.prog} {opt.dest} has no help"
+
+
+def test_grade_one_vertebra_writes_every_output(tmp_path, capsys):
+    out = tmp_path / "out"
+    before = {p: sha256(p) for p in (SAMPLE_SEG, SAMPLE_CT)}
+    assert run("grade", "--seg", SAMPLE_SEG, "--ct", SAMPLE_CT, "--vertebra", "L3", "--out", out, "--progress", "none") == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["engine"] == "context" and report["coordinate_system"] == "LPS"
+    (l3,) = report["vertebrae"]
+    assert l3["level"] == "L3" and l3["label"] == 29 and l3["verse_label"] == 22
+    assert l3["grade"] in (0, 1, 2, 3) and 0 < l3["confidence"] <= 1
+    assert set(l3["rhlv"]) == {"anterior", "middle", "posterior", "overall"}
+    assert set(l3["heights_mm"]) == {"original", "pseudo_healthy"} and l3["complete"] is True
+    assert "total" in report["timing_s"]
+    for name in ("report.csv", "height_loss.nii.gz", "pseudo_healthy_body_label.nii.gz", "index.html",
+                 "figures/L3_sagittal.png", "figures/L3_axial_loss.png", "figures/L3_ap_profile.png"):
+        assert (out / name).is_file(), name
+    loss = sitk.ReadImage(str(out / "height_loss.nii.gz"))
+    assert loss.GetSize() == sitk.ReadImage(str(SAMPLE_SEG)).GetSize()
+    assert before == {p: sha256(p) for p in before}, "inputs must never be modified"
+    assert "L3" in capsys.readouterr().out
+
+
+def test_mask_only_grading_and_progress_lines(tmp_path, capsys):
+    assert run("grade", "--seg", SAMPLE_SEG, "--all", "--out", tmp_path, "--no-figures", "--progress", "lines") == 0
+    lines = [x for x in capsys.readouterr().out.splitlines() if x.startswith(PROGRESS_PREFIX)]
+    assert lines[-1].startswith(f"{PROGRESS_PREFIX} 100")
+    report = json.loads((tmp_path / "report.json").read_text())
+    status = {v["level"]: v["status"] for v in report["vertebrae"]}
+    assert status["T12"] == "incomplete" and status["L2"] == "graded"
+    assert report["inputs"]["ct"] is None and not (tmp_path / "figures").exists()
+
+
+def test_demo_runs_on_the_bundled_sample(tmp_path):
+    assert run("demo", "--out", tmp_path, "--progress", "none", "--no-figures") == 0
+    report = json.loads((tmp_path / "report.json").read_text())
+    graded = [v["level"] for v in report["vertebrae"] if v["status"] == "graded"]
+    assert graded == ["L1", "L2", "L3", "L4", "L5"]
+
+
+def test_console_script_entry_point(tmp_path):
+    exe = shutil.which("healthivert")
+    cmd = [exe] if exe else [sys.executable, "-m", "HealthiVertLib.cli"]
+    done = subprocess.run(cmd + ["--help"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and "grade" in done.stdout and "research use only" in done.stdout
+
+
+def _corrupt_gzip(tmp_path):
+    bad = tmp_path / "bad_seg.nii.gz"
+    data = SAMPLE_SEG.read_bytes()
+    bad.write_bytes(data[: len(data) // 3])
+    return bad
+
+
+def _label_200(tmp_path):
+    img = sitk.ReadImage(str(TPT_SEG))
+    arr = (sitk.GetArrayFromImage(img) > 0).astype(np.uint16) * 200
+    out = sitk.GetImageFromArray(arr)
+    out.CopyInformation(img)
+    path = tmp_path / "weird_seg.nii.gz"
+    sitk.WriteImage(out, str(path))
+    return path
+
+
+def _nan_ct(tmp_path):
+    img = sitk.Cast(sitk.ReadImage(str(TPT_CT)), sitk.sitkFloat32)
+    arr = sitk.GetArrayFromImage(img)
+    arr[10, 10, 10:20] = np.nan
+    out = sitk.GetImageFromArray(arr)
+    out.CopyInformation(img)
+    path = tmp_path / "nan_ct.mha"
+    sitk.WriteImage(out, str(path))
+    return path
+
+
+def _bad_grader(tmp_path):
+    path = tmp_path / "grader.json"
+    path.write_text('{"format": "healthivert-svm-grader", "version": 1, "features": ["rhlv_ant')
+    return path
+
+
+BAD_INPUTS = {
+    "missing seg": (lambda t: ["--seg", t / "nope.nii.gz"], "does not exist|not found|No such"),
+    "truncated seg": (lambda t: ["--seg", _corrupt_gzip(t)], "incomplete|truncated|damaged|corrupt|cannot be read"),
+    "grids differ": (lambda t: ["--seg", SAMPLE_SEG, "--ct", TPT_CT], "grid|size|spacing"),
+    "unknown numbering": (lambda t: ["--seg", _label_200(t)], "numbering"),
+    "NaN in CT": (lambda t: ["--seg", TPT_SEG, "--ct", _nan_ct(t)], "NaN|not a number"),
+    "corrupt grader": (lambda t: ["--seg", TPT_SEG, "--grader", _bad_grader(t)], "grader"),
+    "unknown level": (lambda t: ["--seg", TPT_SEG, "--vertebra", "Q7"], "not a vertebra level|unknown"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_INPUTS))
+def test_bad_input_gives_a_clear_error_and_exit_2(tmp_path, capsys, case):
+    make_args, pattern = BAD_INPUTS[case]
+    args = make_args(tmp_path)
+    if "--vertebra" not in args:
+        args += ["--all"]
+    out = tmp_path / "out"
+    assert run("grade", *args, "--out", out, "--progress", "none") == 2
+    err = capsys.readouterr().err
+    assert err.startswith("healthivert: error:")
+
+
+    assert re.search(pattern, err, re.IGNORECASE), err
+    assert not (out / "report.json").exists()
+
+
+def test_vertebra_cut_by_the_field_of_view_is_reported_not_graded(tmp_path):
+    assert run("grade", "--seg", TPT_SEG, "--vertebra", "L2", "L3", "--out", tmp_path, "--progress", "none",
+               "--no-figures") == 0
+    rows = list(csv.DictReader((tmp_path / "report.csv").open()))
+    assert [(r["level"], r["status"], r["grade"]) for r in rows] == [("L2", "incomplete", ""), ("L3", "no_context", "")]
+    assert "field of view" in rows[0]["reason"]
+
+
+def _batch_folder(tmp_path):
+    src = tmp_path / "cases"
+    for name in ("alpha", "beta"):
+        (src / name).mkdir(parents=True)
+        shutil.copy(SAMPLE_SEG, src / name / f"{name}_seg.nii.gz")
+    shutil.copy(SAMPLE_CT, src / "alpha" / "alpha_ct.nii.gz")
+    (src / "gamma").mkdir()
+    (src / "gamma" / "gamma_seg.nii.gz").write_bytes(gzip.compress(b"not an image"))
+    return src
+
+
+def test_batch_marks_failures_goes_on_and_resumes(tmp_path, capsys):
+    src, out = _batch_folder(tmp_path), tmp_path / "out"
+    assert run("batch", src, "--out", out, "--workers", "2", "--no-figures", "--progress", "none") == 3
+    cases = {r["case"]: r for r in csv.DictReader((out / "cases.csv").open())}
+    assert cases["alpha"]["status"] == cases["beta"]["status"] == "done"
+    assert cases["gamma"]["status"] == "failed" and cases["gamma"]["error"]
+    assert (out / "gamma" / "error.txt").is_file()
+    summary = list(csv.DictReader((out / "summary.csv").open()))
+    assert {r["case"] for r in summary} == {"alpha", "beta"} and len(summary) == 14
+    alpha = json.loads((out / "alpha" / "report.json").read_text())
+    assert alpha["inputs"]["ct"].endswith("alpha_ct.nii.gz")
+    capsys.readouterr()
+    assert run("batch", src, "--out", out, "--no-figures", "--progress", "none") == 3
+    cases = {r["case"]: r for r in csv.DictReader((out / "cases.csv").open())}
+    assert cases["alpha"]["status"].startswith("skipped") and cases["gamma"]["status"] == "failed"
+
+
+def test_batch_from_manifest(tmp_path):
+    manifest = tmp_path / "cases.csv"
+    shutil.copy(TPT_SEG, tmp_path / "tpt_msk.nii.gz")
+    manifest.write_text("case,seg,ct\nsample,%s,%s\ntpt,tpt_msk.nii.gz,\n" % (SAMPLE_SEG, SAMPLE_CT))
+    out = tmp_path / "out"
+    assert run("batch", manifest, "--out", out, "--no-figures", "--progress", "none") == 0
+    assert (out / "sample" / "report.json").is_file() and (out / "tpt" / "report.json").is_file()
+
+
+def test_train_grader_from_feature_table_and_grade_file(tmp_path):
+    rng = np.random.default_rng(0)
+    grades, rows = {}, []
+    for s in range(40):
+        for label in range(18, 24):
+            grade = int(rng.choice(4, p=[0.55, 0.15, 0.15, 0.15]))
+            loss = [0.02, 0.22, 0.32, 0.5][grade] + rng.normal(0, 0.02)
+            rows.append(f"sub-{s:03d},{label},graded,{loss:.4f},{loss / 2:.4f},{rng.normal(0, 0.02):.4f}")
+            grades[f"sub-{s:03d}_{label}"] = grade
+    table = tmp_path / "features.csv"
+    table.write_text("case,verse_label,status,rhlv_anterior,rhlv_middle,rhlv_posterior\n" + "\n".join(rows) + "\n")
+    grade_file = tmp_path / "vertebra_data.json"
+    grade_file.write_text(json.dumps({"train": grades}))
+    out = tmp_path / "grader.json"
+    assert run("train-grader", table, "--grades", grade_file, "--out", out) == 0
+    assert json.loads(out.read_text())["format"] == "healthivert-svm-grader"
+    assert run("grade", "--seg", SAMPLE_SEG, "--vertebra", "L3", "--grader", out, "--out", tmp_path / "g",
+               "--progress", "none", "--no-figures") == 0
+
+
+def test_real_grade_file_is_accepted_by_train_grader_format(tmp_path):
+    from HealthiVertLib.grading import read_grade_file
+
+    grades = read_grade_file(DATA / "healthivert" / "vertebra_data.json")
+    assert grades[("sub-verse004", 16)] == 2
