@@ -109,7 +109,8 @@ def _run_case(case: BatchCase, out_dir: str, options: dict) -> dict:
     try:
         loaded = load_case(case.seg, case.ct, case.subregions, labels=options["labels"], name=case.name)
         grader = SVMGrader.load(options["grader"]) if options["grader"] else None
-        result = grade_case(loaded, options["vertebrae"], engine=options["engine"], grader=grader)
+        result = grade_case(loaded, options["vertebrae"], engine=options["engine"], grader=grader,
+                            grader_name=f"SVM from {Path(options['grader']).name}" if grader else None)
         write_outputs(result, target, figures=options["figures"])
         graded = sum(v.status == "graded" for v in result.vertebrae)
         (target / "error.txt").unlink(missing_ok=True)

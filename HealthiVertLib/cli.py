@@ -173,7 +173,8 @@ def _grade_and_write(seg, ct, subregions, vertebrae, out, args, name=None) -> in
     load_s = time.perf_counter() - t0
     grader = SVMGrader.load(args.grader) if getattr(args, "grader", None) else None
     result = grade_case(case, vertebrae, engine=getattr(args, "engine", "context"), grader=grader,
-                        progress=lambda f, m: progress(0.05 + 0.8 * f, m))
+                        progress=lambda f, m: progress(0.05 + 0.8 * f, m),
+                        grader_name=f"SVM from {Path(args.grader).name}" if grader else None)
     progress(0.9, "writing outputs")
     t = time.perf_counter()
     result.timing_s = {"load": load_s, **result.timing_s}

@@ -276,10 +276,15 @@ class SVMGrader:
         return out
 
     def grade(self, rhlv: Mapping[str, float]) -> tuple[int, float, list[float]]:
-        """(grade, confidence = P(grade), P(grade 0..3)) of one vertebra's RHLV mapping."""
+        """(grade, confidence, P(grade 0..3)) of one vertebra's RHLV mapping.
+
+        The grade is the most probable one under the calibration of the SVM's decision values,
+        so the reported grade and its confidence never contradict each other; near a boundary it
+        can differ from the raw one-vs-one vote (``predict``).
+        """
         x = feature_vector(rhlv, self.features)
-        grade = int(self.predict(x)[0])
         proba = self.predict_proba(x)[0]
+        grade = int(np.argmax(proba))
         return grade, float(proba[grade]), [float(v) for v in proba]
 
     # ------------------------------------------------------------------ serialisation

@@ -36,7 +36,7 @@ from .straighten import LocalFrame, SpineCurve, array_ijk, world_to_index_affine
 Progress = Callable[[float, str], None]
 FRAGMENT_MM3 = 2000.0  # smaller label pieces are fragments, not vertebrae
 CONTEXT_LEVELS = 3.0
-VOLUME_MARGIN_MM = 15.0
+DEFAULT_GRADER_NAME = "default SVM (fitted on synthetic Genant RHLV features, not on real graded CTs)"
 
 
 @dataclass
@@ -99,13 +99,25 @@ def resolve_targets(levels: list[SpineLevel], requested: Sequence[str] | None) -
     return targets
 
 
+def _curve_support(levels: list[SpineLevel], seg: sitk.Image) -> list[SpineLevel]:
+    """Vertebrae whose centroids define the spine curve.
+
+    A vertebra cut by the edge of the image has a biased centroid (only part of it is there), so
+    the curve uses whole vertebrae when at least three exist, else every non-fragment.
+    """
+    size = np.array(seg.GetSize())
+    whole = [v for v in levels if not v.fragment and np.all(v.bbox[0] > 0) and np.all(v.bbox[1] < size)]
+    if len(whole) >= 3:
+        return whole
+    return [v for v in levels if not v.fragment] or levels
+
+
 class _Bodies:
     """Extracts vertebral bodies on demand and keeps them for reuse as neighbours."""
 
     def __init__(self, case: Case, levels: list[SpineLevel]):
         self.case = case
-        usable = [v for v in levels if not v.fragment]
-        self.curve = SpineCurve.from_centroids(np.array([v.centroid for v in usable or levels]))
+        self.curve = SpineCurve.from_centroids(np.array([v.centroid for v in _curve_support(levels, case.seg)]))
         self.seg_ijk = np.ascontiguousarray(array_ijk(case.seg))
         self.body_ijk = None
         if case.subregions is not None:
@@ -128,6 +140,7 @@ def grade_case(
     grader: SVMGrader | None = None,
     progress: Progress | None = None,
     volumes: bool = True,
+    grader_name: str | None = None,
 ) -> CaseResult:
     """Grade the requested vertebrae (all gradable ones when ``vertebrae`` is None).
 
@@ -138,7 +151,8 @@ def grade_case(
     timing: dict[str, float] = {}
     t0 = time.perf_counter()
     engine = get_engine(engine) if isinstance(engine, str) else engine
-    grader = grader or load_default_grader()
+    if grader is None:
+        grader, grader_name = load_default_grader(), DEFAULT_GRADER_NAME
     levels = spine_levels(case)
     targets = resolve_targets(levels, vertebrae)
     bodies = _Bodies(case, levels)
@@ -153,7 +167,7 @@ def grade_case(
     result = CaseResult(
         case=case.name,
         engine=engine.name,
-        grader=grader.name if hasattr(grader, "name") else "svm",
+        grader=grader_name or "custom SVM grader",
         label_scheme=case.scheme.name,
         vertebrae=results,
         inputs=dict(case.paths),

@@ -170,3 +170,15 @@ def test_unknown_level_and_level_not_present():
         grade_case(case, ["X9"])
     with pytest.raises(HealthiVertError, match="not in the label map"):
         grade_case(case, ["T3"])
+
+
+def test_missing_level_uses_the_next_vertebra_with_its_distance(sample_seg, tmp_path):
+    arr = sitk.GetArrayFromImage(sample_seg)
+    arr[arr == 30] = 0  # L2 not segmented
+    img = sitk.GetImageFromArray(arr)
+    img.CopyInformation(sample_seg)
+    v = _by_level(grade_case(_case_from(img, tmp_path), ["L3"], volumes=False))["L3"]
+    used = {c["level"]: c for c in v.context if "weight" in c}
+    assert set(used) == {"L1", "L4"} and used["L1"]["offset"] == -2.0
+    assert used["L4"]["weight"] == pytest.approx(2 / 3, abs=1e-3)
+    assert v.status == GRADED and v.grade == 0
