@@ -85,7 +85,8 @@ A Genant grade (0 normal, 1 mild, 2 moderate, 3 severe) from the Relative Height
 against its predicted pseudo-healthy shape, RHLV = (H_healthy - H_original) / H_healthy (fractions).
 Standardisation + linear one-vs-one SVM (`C = {grader.C:g}`, balanced class weights), as in
 HealthiVert's `SVM_grading.py`; confidences from a multinomial logistic regression fitted on the
-SVM's cross-validated decision values. Stored as plain JSON numbers; evaluated with numpy only.
+SVM's cross-validated decision values. The reported grade is the most probable one under that
+calibration, so grade and confidence never contradict each other. Stored as plain JSON numbers; evaluated with numpy only.
 
 ## Features
 {", ".join(f"`{f}`" for f in grader.features)} (fractions, 0.35 = 35 % height loss).
