@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-import HealthiVertLib
 from HealthiVertLib.errors import HealthiVertError
 from HealthiVertLib.io import (
     Case,
@@ -27,11 +26,8 @@ from HealthiVertLib.io import (
 )
 from HealthiVertLib.labels import TOTALSEG, VERSE
 
-DATA = Path(__file__).resolve().parents[1] / "Data"
-SAMPLE = Path(HealthiVertLib.__file__).resolve().parent / "data" / "sample"
-TPTBOX_CT = DATA / "tptbox" / "sub-ct_label-22_ct.nii.gz"
-TPTBOX_VERT = DATA / "tptbox" / "sub-ct_seg-vert_label-22_msk.nii.gz"
-TPTBOX_SUBREG = DATA / "tptbox" / "sub-ct_seg-subreg_label-22_msk.nii.gz"
+from conftest import DATA, TPT_CT as TPTBOX_CT, TPT_SEG as TPTBOX_VERT, TPT_SUB as TPTBOX_SUBREG
+from HealthiVertLib.cli import SAMPLE_DIR as SAMPLE
 
 
 def write(image: sitk.Image, path: Path) -> Path:

@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-import HealthiVertLib
 from HealthiVertLib.errors import HealthiVertError
 from HealthiVertLib.io import label_centroids, label_voxel_counts
 from HealthiVertLib.labels import (
@@ -30,10 +29,8 @@ from HealthiVertLib.labels import (
     vertebra_labels_present,
 )
 
-DATA = Path(__file__).resolve().parents[1] / "Data"
-SAMPLE = Path(HealthiVertLib.__file__).resolve().parent / "data" / "sample"
-TPTBOX_VERT = DATA / "tptbox" / "sub-ct_seg-vert_label-22_msk.nii.gz"
-TPTBOX_SUBREG = DATA / "tptbox" / "sub-ct_seg-subreg_label-22_msk.nii.gz"
+from conftest import DATA, TPT_CT as TPTBOX_CT, TPT_SEG as TPTBOX_VERT, TPT_SUB as TPTBOX_SUBREG
+from HealthiVertLib.cli import SAMPLE_DIR as SAMPLE
 TS_VERTEBRAE_PP = DATA / "totalsegmentator" / "ts_vertebrae_pp_refined.nii.gz"
 HV_0007 = DATA / "healthivert" / "0007_msk.nii.gz"
 
