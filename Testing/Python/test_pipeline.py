@@ -149,19 +149,31 @@ def test_subregion_body_labels_are_used(tmp_path):
     assert geometric["L3"].status == with_sub["L3"].status == NO_CONTEXT  # same decisions either way
 
 
-def test_t13_and_l6_levels(sample_seg, tmp_path):
-    """A spine numbered T11, T12, T13, L1..L4 (VerSe 18, 19, 28, 20..23): T13 sits between T12 and L1."""
-    ts_to_verse = {33: 18, 32: 19, 31: 28, 30: 20, 29: 21, 28: 22, 27: 23}
-    arr = sitk.GetArrayFromImage(sample_seg)
+def _renumbered(seg: sitk.Image, ts_to_verse: dict[int, int]) -> sitk.Image:
+    arr = sitk.GetArrayFromImage(seg)
     out = np.zeros_like(arr)
     for ts, verse in ts_to_verse.items():
         out[arr == ts] = verse
     img = sitk.GetImageFromArray(out)
-    img.CopyInformation(sample_seg)
+    img.CopyInformation(seg)
+    return img
+
+
+def test_t13_sits_between_t12_and_l1(sample_seg, tmp_path):
+    """A spine numbered T11, T12, T13, L1..L4 (VerSe 18, 19, 28, 20..23)."""
+    img = _renumbered(sample_seg, {33: 18, 32: 19, 31: 28, 30: 20, 29: 21, 28: 22, 27: 23})
     v = _by_level(grade_case(_case_from(img, tmp_path, labels="verse"), volumes=False))
     assert list(v) == ["T11", "T12", "T13", "L1", "L2", "L3", "L4"]
     used = [c["level"] for c in v["L1"].context if "weight" in c]
     assert used == ["T13", "L2"] and v["L1"].status == GRADED
+
+
+def test_l6_is_graded_from_the_vertebrae_above(sample_seg, tmp_path):
+    """A spine numbered T12, L1..L6 (VerSe 19..25): L6 is the last lumbar, S1 is no context."""
+    img = _renumbered(sample_seg, {33: 19, 32: 20, 31: 21, 30: 22, 29: 23, 28: 24, 27: 25})
+    v = _by_level(grade_case(_case_from(img, tmp_path, labels="verse"), ["L6"], volumes=False))["L6"]
+    used = [(c["level"], c["weight"]) for c in v.context if "weight" in c]
+    assert used == [("L5", 1.0)] and v.status == GRADED and v.grade == 0
 
 
 def test_unknown_level_and_level_not_present():
