@@ -14,6 +14,7 @@ heights have sub-voxel precision on coarse (e.g. 3 mm) label maps.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 import SimpleITK as sitk
@@ -59,6 +60,13 @@ class VertebralBody:
     occupancy: np.ndarray  # float32 (S, U, V) in [0, 1], body only
     complete: bool  # False if the body touches the edge of the field of view
     footprint: Footprint | None  # None when the body is empty
+
+    @cached_property
+    def own_heights(self):  # -> heights.HeightMeasurement (imported lazily: heights imports body)
+        """The body measured against itself: its per-third heights, for choosing context."""
+        from .heights import measure
+
+        return measure(self, self.occupancy)
 
     @property
     def mask(self) -> np.ndarray:

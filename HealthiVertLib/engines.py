@@ -18,7 +18,6 @@ import numpy as np
 from scipy import ndimage
 
 from .body import VertebralBody
-from .heights import measure
 
 MAX_LEVEL_DISTANCE = 3.0  # use neighbours at most three levels away
 SUSPECT_MIN_MAX = 0.80  # within-body min/max height ratio below which a neighbour looks fractured
@@ -145,12 +144,12 @@ def _trend_factor(side: list[Neighbour]) -> float:
 
 def body_min_max(body: VertebralBody) -> float:
     """Within-body ratio of the smallest to the largest third's mean height (1 = uniform)."""
-    return measure(body, body.occupancy).min_max_ratio
+    return body.own_heights.min_max_ratio
 
 
 def mean_height(body: VertebralBody) -> float:
     """Mean column height of the body's central columns (mm)."""
-    return measure(body, body.occupancy).original_mm["overall"]
+    return body.own_heights.original_mm["overall"]
 
 
 def build_body(target: VertebralBody, heights: np.ndarray) -> np.ndarray:
