@@ -20,7 +20,7 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
-from .straighten import Block, LocalFrame, world_to_index_affine
+from .straighten import Block, LocalFrame, block_to_index_affine
 
 MARGIN_MM = 4.0
 HEIGHT_MARGIN_MM = 14.0  # room along s for a pseudo-healthy body taller than the fractured one
@@ -105,7 +105,7 @@ def extract_body(
     if body_mask_ijk is not None:
         crop = crop & body_mask_ijk[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]]
     block = _block_around(seg, lo, hi, frame)
-    matrix, offset = _block_to_index(seg, frame, block)
+    matrix, offset = block_to_index_affine(seg, frame, block)
     occupancy = ndimage.affine_transform(
         crop.astype(np.float32), matrix, offset - lo, output_shape=block.shape, order=1, cval=0.0
     )
@@ -126,14 +126,6 @@ def _block_around(seg: sitk.Image, lo: np.ndarray, hi: np.ndarray, frame: LocalF
     start = np.floor(local.min(axis=0) - margin)
     stop = np.ceil(local.max(axis=0) + margin)
     return Block(start=tuple(start), shape=tuple((stop - start + 1).astype(int)))
-
-
-def _block_to_index(seg: sitk.Image, frame: LocalFrame, block: Block) -> tuple[np.ndarray, np.ndarray]:
-    """(M, c) with continuous input index = M @ block_index + c."""
-    a, b = world_to_index_affine(seg)
-    matrix = block.spacing * a @ frame.axes.T
-    offset = a @ frame.to_world(np.asarray(block.start, dtype=float)) + b
-    return matrix, offset
 
 
 def _near_border(idx: np.ndarray, size: tuple[int, int, int]) -> np.ndarray:

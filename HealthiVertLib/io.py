@@ -328,7 +328,7 @@ def _numbers(values: Iterable[float], decimals: int = 4) -> str:
 
 
 def _grid_differences(reference: sitk.Image, other: sitk.Image) -> list[str]:
-    ref_spacing, other_spacing = np.array(reference.GetSpacing()), np.array(other.GetSpacing())
+    ref_spacing = np.array(reference.GetSpacing())
     spacing_tol = 1e-3 * np.maximum(1.0, np.abs(ref_spacing))
     origin_tol = 1e-3 * max(1.0, float(ref_spacing.max()))
     checks = [

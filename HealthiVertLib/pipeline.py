@@ -23,7 +23,6 @@ from .grading import SVMGrader, genant_rule, load_default_grader
 from .heights import HeightMeasurement, measure
 from .io import Case
 from .results import (
-    GRADED,
     INCOMPLETE,
     NO_CONTEXT,
     UNSUPPORTED,
@@ -31,7 +30,7 @@ from .results import (
     VertebraResult,
     VertebraViews,
 )
-from .straighten import LocalFrame, SpineCurve, array_ijk, world_to_index_affine
+from .straighten import LocalFrame, SpineCurve, array_ijk, block_to_index_affine
 
 Progress = Callable[[float, str], None]
 FRAGMENT_MM3 = 2000.0  # smaller label pieces are fragments, not vertebrae
@@ -288,10 +287,9 @@ def _views(body: VertebralBody, healthy: np.ndarray, m: HeightMeasurement, case:
 
 def _sample_plane(ct_ijk: np.ndarray, ct: sitk.Image, body: VertebralBody, iv: int) -> np.ndarray:
     """CT (HU) on the block's sagittal plane ``v = iv``."""
-    a, b = world_to_index_affine(ct)
     block = body.block
-    matrix = block.spacing * a @ body.frame.axes.T
-    offset = a @ body.frame.to_world(np.asarray(block.start, dtype=float)) + b + matrix[:, 2] * iv
+    matrix, offset = block_to_index_affine(ct, body.frame, block)
+    offset = offset + matrix[:, 2] * iv
     plane = ndimage.affine_transform(
         ct_ijk.astype(np.float32, copy=False), matrix, offset,
         output_shape=(block.shape[0], block.shape[1], 1), order=1, cval=-1024.0,
@@ -308,12 +306,10 @@ class _VolumeWriter:
         self.loss = np.zeros(shape, np.float32)
         self.healthy = np.zeros(shape, np.uint16)
         self.original = np.zeros(shape, np.uint16)
-        self.a, self.b = world_to_index_affine(seg)
 
     def add(self, label: int, body: VertebralBody, healthy: np.ndarray, loss_map: np.ndarray) -> None:
         block = body.block
-        matrix = block.spacing * self.a @ body.frame.axes.T
-        offset = self.a @ body.frame.to_world(np.asarray(block.start, dtype=float)) + self.b
+        matrix, offset = block_to_index_affine(self.seg, body.frame, block)
         inv = np.linalg.inv(matrix)
         lo, hi = self._index_box(matrix, offset, block.shape)
         size = tuple(int(x) for x in hi - lo)

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import SimpleITK as sitk
-from scipy import interpolate, ndimage
+from scipy import interpolate
 
 from .errors import HealthiVertError
 
@@ -219,20 +219,11 @@ def world_to_index_affine(image: sitk.Image) -> tuple[np.ndarray, np.ndarray]:
     return a, -a @ np.array(image.GetOrigin())
 
 
-def index_to_world_affine(image: sitk.Image) -> tuple[np.ndarray, np.ndarray]:
-    """(A, b) with world LPS x = A @ index + b."""
-    direction = np.array(image.GetDirection()).reshape(3, 3)
-    return direction @ np.diag(np.array(image.GetSpacing())), np.array(image.GetOrigin())
-
-
-def sample_world(
-    array_ijk: np.ndarray, image: sitk.Image, world: np.ndarray, order: int = 1, cval: float = 0.0
-) -> np.ndarray:
-    """Sample an array in ITK index order (i, j, k) of ``image``'s grid at world points (..., 3)."""
+def block_to_index_affine(image: sitk.Image, frame: LocalFrame, block: Block) -> tuple[np.ndarray, np.ndarray]:
+    """(M, c) with continuous ITK index of ``image`` = M @ block index + c."""
     a, b = world_to_index_affine(image)
-    idx = world.reshape(-1, 3) @ a.T + b
-    values = ndimage.map_coordinates(array_ijk, idx.T, order=order, cval=cval, mode="constant")
-    return values.reshape(world.shape[:-1])
+    matrix = block.spacing * a @ frame.axes.T
+    return matrix, a @ frame.to_world(np.asarray(block.start, dtype=float)) + b
 
 
 def array_ijk(image: sitk.Image) -> np.ndarray:
