@@ -1,34 +1,33 @@
 """HealthiVert: grade osteoporotic vertebral compression fractures on CT in 3D Slicer.
 
-The module is thin: it writes the selected CT and vertebra label map to NIfTI, runs the
-``HealthiVertLib`` command line (``python -m HealthiVertLib.cli grade``) in a background
-``PythonSlicer`` process, shows its progress, and loads the results back (height-loss volume over
-the CT, one table row per vertebra). All numerics live in ``HealthiVertLib``, which never imports
-Slicer. Research use only, not for diagnosis.
+The module is thin. It turns the selected nodes into images (``HealthiVertLib.scene``), runs the
+``HealthiVertLib`` command line (``python -m HealthiVertLib.cli grade``, the same entry point as the
+``healthivert`` command) in a background ``PythonSlicer`` process with a progress bar, a log and
+Cancel (``HealthiVertLib.background``), and puts the results into the scene (``HealthiVertLib.scene``):
+the height-loss map over the CT, body segmentations with SNOMED CT terminology, a table, the Genant
+points and heights, an antero-posterior profile plot. All numerics live in ``HealthiVertLib``.
+Research use only, not for diagnosis.
 """
 
-import importlib.util
-import json
+import enum
 import logging
-import math
 import os
-import queue
-import re
 import shutil
 import sys
-import threading
-from collections import deque
-from dataclasses import dataclass
-from typing import Annotated, Callable, Optional
+import time
+from typing import Callable, Optional, Union
 
 import qt
 import vtk
 
 import slicer
-from slicer import vtkMRMLLabelMapVolumeNode, vtkMRMLScalarVolumeNode, vtkMRMLTableNode
-from slicer.i18n import tr as _
-from slicer.i18n import translate
-from slicer.parameterNodeWrapper import Choice, parameterNodeWrapper
+from slicer import (
+    vtkMRMLLabelMapVolumeNode,
+    vtkMRMLMarkupsFiducialNode,
+    vtkMRMLScalarVolumeNode,
+    vtkMRMLSegmentationNode,
+    vtkMRMLTableNode,
+)
 from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModule,
     ScriptedLoadableModuleLogic,
@@ -37,14 +36,76 @@ from slicer.ScriptedLoadableModule import (
 )
 from slicer.util import VTKObservationMixin
 
+try:
+    from slicer.i18n import tr as _
+    from slicer.i18n import translate
+except ImportError:  # Slicer < 5.4 has no translation support
+
+    def _(text):
+        return text
+
+    def translate(context, text):
+        return text
+
+
+from slicer.parameterNodeWrapper import parameterNodeWrapper
+
 CORE_PACKAGE = "HealthiVertLib"
-PROGRESS_PREFIX = "HEALTHIVERT_PROGRESS"  # HealthiVertLib.cli prints "<prefix> <percent> <message>" with --progress lines
-ENGINES = ["context"]  # must match the --engine choices of HealthiVertLib.cli
-GRADE_NAMES = ("normal", "mild", "moderate", "severe")  # Genant 0-3
-LEVEL_PATTERN = re.compile(r"^(T([1-9]|1[0-3])|L[1-6])$")  # gradable levels (HealthiVertLib.labels.GRADABLE_LEVELS)
-HEAT_COLOR_NODE_IDS = ("vtkMRMLPETProceduralColorNodePET-Heat", "vtkMRMLColorTableNodeIron")
-HEIGHT_LOSS_DISPLAY_RANGE = (0.0, 0.5)  # fraction of the healthy height; Genant severe starts at 0.40
-HEIGHT_LOSS_DISPLAY_THRESHOLD = 0.01  # below this the map is transparent (healthy bone, background)
+TORCH_ENGINES = ("generator",)  # engines that need PyTorch (installed through the PyTorch extension)
+ENGINE_REQUIREMENTS = {"generator": ["safetensors>=0.4"]}  # pip packages besides torch, per engine
+FIGURE_REQUIREMENTS = ["matplotlib>=3.7"]  # the report figures (Slicer does not bundle matplotlib)
+NEVER_INSTALL = ("numpy", "SimpleITK", "requests")  # bundled with Slicer: never reinstall or upgrade
+SETTINGS_GROUP = "HealthiVert"
+SAMPLE_SHA256 = {  # the bundled sample case (HealthiVertLib/data/sample), registered as SampleData
+    "ct.nii.gz": "dbd3ae6d614d1d7ef3a46925c30c70038ed52da6b37fdd6afdc7b9b71387e3e1",
+    "seg.nii.gz": "e8097758e56e73099075b6caaebce23ef11bc6fad66a4ec3753b9406846558c7",
+}
+SAMPLE_URL = "https://raw.githubusercontent.com/healthivert/SlicerHealthiVert/main/HealthiVertLib/data/sample/"
+
+
+class TargetMode(enum.Enum):
+    """Which vertebrae to grade."""
+
+    POINT = "point"
+    LEVELS = "levels"
+    ALL = "all"
+
+    def label(self):
+        return {
+            TargetMode.POINT: _("The vertebra under a point"),
+            TargetMode.LEVELS: _("Levels from a list"),
+            TargetMode.ALL: _("Every vertebra"),
+        }[self]
+
+
+class LabelNumbering(enum.Enum):
+    """The label numbering of a label map volume (segmentations are named by their segments)."""
+
+    AUTO = "auto"
+    VERSE = "verse"
+    TOTALSEG = "totalseg"
+
+    def label(self):
+        return {
+            LabelNumbering.AUTO: _("Detect from the labels"),
+            LabelNumbering.VERSE: _("VerSe / TotalSegmentator vertebrae (L1 = 20)"),
+            LabelNumbering.TOTALSEG: _("TotalSegmentator total (L1 = 31)"),
+        }[self]
+
+
+class Device(enum.Enum):
+    """Where an engine with a neural network runs."""
+
+    AUTO = "auto"
+    CPU = "cpu"
+    CUDA = "cuda"
+
+    def label(self):
+        return {
+            Device.AUTO: _("GPU when available, else CPU"),
+            Device.CPU: _("CPU"),
+            Device.CUDA: _("GPU (CUDA)"),
+        }[self]
 
 
 #
@@ -67,11 +128,12 @@ it predicts how tall each selected vertebra would be if it were healthy (a pseud
 from its neighbours), measures the Relative Height Loss of the Vertebra (RHLV) in its anterior,
 middle and posterior thirds, maps the loss across the vertebral body, and gives a Genant grade
 (0 normal, 1 mild, 2 moderate, 3 severe) with a confidence.<br><br>
-Inputs: a vertebra label map (one label per vertebra, e.g. from the TotalSegmentator extension) and,
-optionally, the CT on the same grid. Results: a height-loss volume shown over the CT and a table
-with one row per vertebra; the full report (JSON, CSV, figures) is written to the output folder
-named in the log.<br><br>
-<b>Research use only. HealthiVert is not a medical device and must not be used for diagnosis.</b><br>
+Inputs: the CT and a vertebra segmentation (segmentation or label map, e.g. from the TotalSegmentator
+extension). Place a point on a vertebra, or pick levels, or grade all. Results: the height-loss map
+over the CT, the vertebral bodies and their pseudo-healthy shapes as segmentations, a table with one
+row per vertebra, the Genant points and heights as markups, and an antero-posterior profile plot.<br><br>
+<b>Research use only. HealthiVert is not a medical device and must not be used for diagnosis.</b>
+The default grader was fitted on synthetic data, not on real graded CTs.<br>
 See the <a href="https://github.com/healthivert/SlicerHealthiVert">project page</a> for documentation.
 """)
         self.parent.acknowledgementText = _("""
@@ -80,27 +142,79 @@ Pseudo-Healthy Vertebral Image Synthesis for Interpretable Compression Fracture 
 IEEE Journal of Biomedical and Health Informatics (JBHI), 2025,
 doi:<a href="https://doi.org/10.1109/JBHI.2025.3572458">10.1109/JBHI.2025.3572458</a>,
 arXiv:<a href="https://arxiv.org/abs/2503.05990">2503.05990</a>. Please cite it when you use
-HealthiVert.<br><br>
+HealthiVert. The sample data is the TotalSegmentator example CT (Apache-2.0).<br><br>
 Research use only, not for diagnosis.
 """)
-        # ScriptedLoadableModule takes the icon from Resources/Icons next to this file (built or
-        # installed extension). In a source checkout it is in the repository's top-level Resources.
         moduleDir = os.path.dirname(os.path.abspath(__file__))
         if not os.path.isfile(os.path.join(moduleDir, "Resources", "Icons", "HealthiVert.png")):
             iconPath = _resourceFilePath("Icons/HealthiVert.png")
             if iconPath:
                 self.parent.icon = qt.QIcon(iconPath)
+        slicer.app.connect("startupCompleted()", registerSampleData)
 
 
 def _resourceFilePath(relativePath: str) -> Optional[str]:
-    """``Resources/<relativePath>`` next to this file (built/installed extension), else in the
-    repository root above it (source checkout). None when neither exists."""
+    """``Resources/<relativePath>`` next to this file (built extension), else in the repository root."""
     moduleDir = os.path.dirname(os.path.abspath(__file__))
     for base in (moduleDir, os.path.dirname(moduleDir)):
         candidate = os.path.join(base, "Resources", relativePath)
         if os.path.exists(candidate):
             return candidate
     return None
+
+
+def coreLibraryParentDirectory() -> str:
+    """The folder holding the ``HealthiVertLib`` package: next to this file in a built extension,
+    the repository root in a source checkout, else wherever Python finds it."""
+    import importlib.util
+
+    moduleDir = os.path.dirname(os.path.abspath(__file__))
+    for candidate in (moduleDir, os.path.dirname(moduleDir)):
+        if os.path.isfile(os.path.join(candidate, CORE_PACKAGE, "__init__.py")):
+            return candidate
+    spec = importlib.util.find_spec(CORE_PACKAGE)
+    if spec is not None and spec.origin:
+        return os.path.dirname(os.path.dirname(spec.origin))
+    raise RuntimeError(_("The {package} package was not found next to {file}. Reinstall the HealthiVert extension.").format(
+        package=CORE_PACKAGE, file=__file__))
+
+
+def core(name: str):
+    """Import ``HealthiVertLib.<name>`` (lazily: nothing heavy is imported when Slicer starts)."""
+    import importlib
+
+    parent = coreLibraryParentDirectory()
+    if parent not in sys.path:
+        sys.path.insert(0, parent)
+    return importlib.import_module(f"{CORE_PACKAGE}.{name}")
+
+
+def registerSampleData():
+    """Register the bundled sample case (TotalSegmentator example CT and its labels) in Sample Data (once)."""
+    import SampleData
+
+    if getattr(registerSampleData, "registered", False):
+        return
+
+    iconPath = _resourceFilePath("Icons/HealthiVert.png")
+    sampleDir = os.path.join(coreLibraryParentDirectory(), CORE_PACKAGE, "data", "sample")
+    checksums = [f"SHA256:{SAMPLE_SHA256[name]}" for name in ("ct.nii.gz", "seg.nii.gz")]
+    uris = []
+    for name in ("ct.nii.gz", "seg.nii.gz"):
+        local = os.path.join(sampleDir, name)
+        uris.append(qt.QUrl.fromLocalFile(local).toString() if os.path.isfile(local) else SAMPLE_URL + name)
+    SampleData.SampleDataLogic.registerCustomSampleDataSource(
+        category="HealthiVert",
+        sampleName="HealthiVertSample",
+        thumbnailFileName=iconPath,
+        uris=uris,
+        fileNames=["HealthiVertSample_ct.nii.gz", "HealthiVertSample_seg.nii.gz"],
+        nodeNames=["HealthiVertSample CT", "HealthiVertSample vertebrae"],
+        checksums=checksums,
+        loadFileType=["VolumeFile", "VolumeFile"],
+        loadFileProperties=[{}, {"labelmap": True}],
+    )
+    registerSampleData.registered = True
 
 
 #
@@ -111,184 +225,30 @@ def _resourceFilePath(relativePath: str) -> Optional[str]:
 @parameterNodeWrapper
 class HealthiVertParameterNode:
     """
-    ctVolume - CT in Hounsfield units (optional: heights and grades need only the label map).
-    labelVolume - vertebra label map, one label per vertebra, on the grid of the CT.
-    targetLevel - level(s) to grade, e.g. "L1" or "T12 L1"; empty grades every thoracic and lumbar vertebra.
-    engine - how the pseudo-healthy vertebra is predicted.
-    heightLossVolume - result of the last run: height loss (fraction) of each body voxel's column.
-    resultTable - result of the last run: one row per vertebra.
+    ctVolume - the CT (any scalar volume; optional: heights and grades need only the segmentation).
+    vertebrae - vertebra segmentation (segmentation node or label map volume), one segment/label per vertebra.
+    subregions - optional vertebral-body labels (TotalSegmentator vertebrae_body, Kirschke subregions).
+    labelNumbering - numbering of a label map volume (segmentations are recognised by segment names).
+    targetMode - grade the vertebra under a point, levels from a list, or every vertebra.
+    targetPoint - markups point placed on the vertebra to grade.
+    targetLevel - level(s) to grade, e.g. "L1" or "T12 L1".
+    engine - how the pseudo-healthy vertebra is predicted (filled from HealthiVertLib.engines).
+    device - where a neural network engine runs.
+    heightLossVolume, resultTable - results of the last run.
     """
 
     ctVolume: vtkMRMLScalarVolumeNode
-    labelVolume: vtkMRMLLabelMapVolumeNode
+    # the None member is required by parameterNodeWrapper for a union of node types
+    vertebrae: Union[vtkMRMLSegmentationNode, vtkMRMLLabelMapVolumeNode, None]
+    subregions: Union[vtkMRMLSegmentationNode, vtkMRMLLabelMapVolumeNode, None]
+    labelNumbering: LabelNumbering = LabelNumbering.AUTO
+    targetMode: TargetMode = TargetMode.POINT
+    targetPoint: vtkMRMLMarkupsFiducialNode
     targetLevel: str = ""
-    engine: Annotated[str, Choice(ENGINES)] = "context"
+    engine: str = "context"
+    device: Device = Device.AUTO
     heightLossVolume: vtkMRMLScalarVolumeNode
     resultTable: vtkMRMLTableNode
-
-
-def parseLevels(levels) -> list:
-    """``"t12, l1"`` or ``["T12", "L1"]`` -> ``["T12", "L1"]`` (upper case, order kept, no duplicates)."""
-    if levels is None:
-        return []
-    if isinstance(levels, str):
-        levels = levels.replace(",", " ").replace(";", " ").split()
-    result = []
-    for level in levels:
-        level = str(level).strip().upper()
-        if level and level not in result:
-            result.append(level)
-    return result
-
-
-def invalidLevels(levels) -> list:
-    """The entries of ``levels`` that are not gradable levels (T1-T13, L1-L6)."""
-    return [level for level in parseLevels(levels) if not LEVEL_PATTERN.match(level)]
-
-
-def parseProgressLine(line: str):
-    """``"HEALTHIVERT_PROGRESS 42 L1: measuring"`` -> ``(42.0, "L1: measuring")``; None for other lines."""
-    parts = line.strip().split(None, 2)
-    if len(parts) < 2 or parts[0] != PROGRESS_PREFIX:
-        return None
-    try:
-        percent = float(parts[1])
-    except ValueError:
-        return None
-    if not math.isfinite(percent):
-        return None
-    return min(max(percent, 0.0), 100.0), (parts[2] if len(parts) > 2 else "")
-
-
-def _percent(value) -> float:
-    """A report fraction as a percentage; NaN when missing (the table shows it as empty/nan)."""
-    if value is None:
-        return float("nan")
-    try:
-        return 100.0 * float(value)
-    except (TypeError, ValueError):
-        return float("nan")
-
-
-def reportTableRows(report: dict) -> list:
-    """One row per vertebra of a ``report.json`` (as written by HealthiVertLib.report)."""
-    rows = []
-    for vertebra in report.get("vertebrae", []):
-        grade = vertebra.get("grade")
-        rhlv = vertebra.get("rhlv") or {}
-        rows.append(
-            {
-                "Level": str(vertebra.get("level", "")),
-                "Grade": "" if grade is None else f"{int(grade)} ({GRADE_NAMES[int(grade)]})",
-                "Confidence": _percent(vertebra.get("confidence")),
-                "RHLV anterior": _percent(rhlv.get("anterior")),
-                "RHLV middle": _percent(rhlv.get("middle")),
-                "RHLV posterior": _percent(rhlv.get("posterior")),
-                "RHLV overall": _percent(rhlv.get("overall")),
-                "Status": str(vertebra.get("status") or ""),
-                "Reason": str(vertebra.get("reason") or ""),
-            }
-        )
-    return rows
-
-
-# (column name, string column?, unit, description)
-TABLE_COLUMNS = (
-    ("Level", True, "", "Vertebra level"),
-    ("Grade", True, "", "Genant grade: 0 normal, 1 mild, 2 moderate, 3 severe (empty: not graded, see Status)"),
-    ("Confidence", False, "%", "Confidence of the grade"),
-    ("RHLV anterior", False, "%", "Relative height loss of the anterior third (pseudo-healthy vs actual)"),
-    ("RHLV middle", False, "%", "Relative height loss of the middle third"),
-    ("RHLV posterior", False, "%", "Relative height loss of the posterior third"),
-    ("RHLV overall", False, "%", "Relative height loss of the whole vertebral body"),
-    ("Status", True, "", "graded, incomplete (cut by the field of view), no_context, unsupported or failed"),
-    ("Reason", True, "", "Why a vertebra was not graded"),
-)
-
-
-def fillResultTable(tableNode, rows: list) -> None:
-    """Replace the content of ``tableNode`` by ``rows`` (from :func:`reportTableRows`)."""
-    table = tableNode.GetTable()
-    wasModified = tableNode.StartModify()
-    table.Initialize()
-    for name, isString, unit, description in TABLE_COLUMNS:
-        array = vtk.vtkStringArray() if isString else vtk.vtkDoubleArray()
-        array.SetName(name)
-        array.SetNumberOfValues(len(rows))
-        for index, row in enumerate(rows):
-            array.SetValue(index, row[name])
-        table.AddColumn(array)
-        tableNode.SetColumnDescription(name, description)
-        if unit:
-            tableNode.SetColumnUnitLabel(name, unit)
-    table.Modified()
-    tableNode.Modified()
-    tableNode.EndModify(wasModified)
-
-
-@dataclass
-class HealthiVertResults:
-    """What one run put in the scene, and where its files are."""
-
-    outputDirectory: str
-    report: dict
-    heightLossVolume: object  # vtkMRMLScalarVolumeNode
-    table: object  # vtkMRMLTableNode
-
-
-class _Run:
-    """One running CLI process: its output is read on a thread and handled on the GUI thread."""
-
-    def __init__(self, proc, inputDirectory, outputDirectory, referenceNode, showResult, callbacks):
-        self.proc = proc
-        self.inputDirectory = inputDirectory
-        self.outputDirectory = outputDirectory
-        self.referenceNode = referenceNode
-        self.showResult = showResult
-        self.progressCallback, self.logCallback, self.completedCallback = callbacks
-        self.lines = queue.Queue()
-        self.tail = deque(maxlen=40)  # last output lines, for the error message
-        self.cancelled = False
-        self.returnCode = None
-        self.reader = threading.Thread(target=self._read, name="HealthiVert output reader", daemon=True)
-        self.reader.start()
-
-    def _read(self):
-        while True:
-            try:
-                line = self.proc.stdout.readline()
-            except UnicodeDecodeError:
-                continue
-            except ValueError:  # stream closed
-                break
-            if not line:
-                break
-            self.lines.put(line.rstrip("\r\n"))
-        self.lines.put(None)
-
-
-def _killProcessTree(proc) -> None:
-    """Kill ``proc`` and its children (PythonSlicer is a launcher that starts the real Python)."""
-    try:
-        import psutil
-    except ImportError:
-        psutil = None
-    if psutil is not None:
-        try:
-            parent = psutil.Process(proc.pid)
-            for child in parent.children(recursive=True):
-                try:
-                    child.kill()
-                except psutil.NoSuchProcess:
-                    pass
-            parent.kill()
-        except psutil.NoSuchProcess:
-            pass
-    else:
-        try:
-            proc.kill()
-        except OSError:
-            pass
 
 
 #
@@ -297,7 +257,7 @@ def _killProcessTree(proc) -> None:
 
 
 class HealthiVertWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
-    """GUI: inputs bound to the parameter node, Apply/Cancel, progress bar and log."""
+    """GUI: inputs bound to the parameter node, Apply/Cancel, progress bar, log, weights folder."""
 
     def __init__(self, parent=None) -> None:
         ScriptedLoadableModuleWidget.__init__(self, parent)
@@ -305,10 +265,11 @@ class HealthiVertWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.logic = None
         self._parameterNode = None
         self._parameterNodeGuiTag = None
+        self._lastOutputDirectory = None
+        self._observedPoint = None
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
-
         uiPath = _resourceFilePath("UI/HealthiVert.ui") or self.resourcePath("UI/HealthiVert.ui")
         uiWidget = slicer.util.loadUI(uiPath)
         self.layout.addWidget(uiWidget)
@@ -320,9 +281,22 @@ class HealthiVertWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
 
+        for engine in self.logic.availableEngines():
+            self.ui.engineComboBox.addItem(engine)
+        self.ui.engineComboBox.connect("currentIndexChanged(int)", self.onEngineChanged)
+        self.ui.targetPointPlaceWidget.setMRMLScene(slicer.mrmlScene)
+        self.ui.targetPointPlaceWidget.placeMultipleMarkups = slicer.qSlicerMarkupsPlaceWidget.ForcePlaceSingleMarkup
+        self.ui.targetPointSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.ui.targetPointPlaceWidget.setCurrentNode)
         self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
+        self.ui.openReportButton.connect("clicked(bool)", self.onOpenReport)
+        self.ui.openWeightsFolderButton.connect("clicked(bool)", self.onOpenWeightsFolder)
+        self.ui.clearWeightsButton.connect("clicked(bool)", self.onClearWeights)
+        self.ui.checkpointPathLineEdit.currentPath = self.logic.userCheckpoint()
+        self.ui.checkpointPathLineEdit.connect("currentPathChanged(QString)", self.onCheckpointChanged)
         self.ui.progressBar.setRange(0, 100)
         self.ui.progressBar.setValue(0)
+        self.ui.openReportButton.enabled = False
+        self._updateWeightsFolder()
 
         self.initializeParameterNode()
 
@@ -330,6 +304,18 @@ class HealthiVertWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if self.logic is not None and self.logic.isRunning():
             self.logic.cancel()
         self.removeObservers()
+
+    def _observeTargetPoint(self, pointNode) -> None:
+        """Re-check Apply when a point is placed or removed (that modifies the markups node, not the parameter node)."""
+        if pointNode is self._observedPoint:
+            return
+        if self._observedPoint is not None:
+            for event in (slicer.vtkMRMLMarkupsNode.PointPositionDefinedEvent, slicer.vtkMRMLMarkupsNode.PointRemovedEvent):
+                self.removeObserver(self._observedPoint, event, self._checkCanApply)
+        self._observedPoint = pointNode
+        if pointNode is not None:
+            for event in (slicer.vtkMRMLMarkupsNode.PointPositionDefinedEvent, slicer.vtkMRMLMarkupsNode.PointRemovedEvent):
+                self.addObserver(pointNode, event, self._checkCanApply)
 
     def enter(self) -> None:
         self.initializeParameterNode()
@@ -349,18 +335,17 @@ class HealthiVertWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def initializeParameterNode(self) -> None:
         self.setParameterNode(self.logic.getParameterNode())
-        # Pre-select inputs to save clicks
-        if not self._parameterNode.labelVolume:
-            labelNode = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLLabelMapVolumeNode")
-            if labelNode:
-                self._parameterNode.labelVolume = labelNode
-        if not self._parameterNode.ctVolume:
-            heightLoss = self._parameterNode.heightLossVolume
+        p = self._parameterNode
+        if not p.vertebrae:  # pre-select to save clicks: a segmentation first (TotalSegmentator), else a label map
+            p.vertebrae = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLSegmentationNode") or slicer.mrmlScene.GetFirstNodeByClass(
+                "vtkMRMLLabelMapVolumeNode")
+        if not p.ctVolume:
             for node in slicer.util.getNodesByClass("vtkMRMLScalarVolumeNode"):
-                if node.IsA("vtkMRMLLabelMapVolumeNode") or (heightLoss and node.GetID() == heightLoss.GetID()):
-                    continue
-                self._parameterNode.ctVolume = node
-                break
+                if not node.IsA("vtkMRMLLabelMapVolumeNode") and node.GetAttribute("HealthiVert.Output") is None:
+                    p.ctVolume = node
+                    break
+        if not p.targetPoint:
+            p.targetPoint = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", _("HealthiVert target"))
 
     def setParameterNode(self, inputParameterNode: Optional[HealthiVertParameterNode]) -> None:
         if self._parameterNode:
@@ -374,6 +359,20 @@ class HealthiVertWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._checkCanApply()
 
     def _checkCanApply(self, caller=None, event=None) -> None:
+        p = self._parameterNode
+        if p is not None:
+            index = self.ui.engineComboBox.findText(p.engine)
+            if index >= 0 and index != self.ui.engineComboBox.currentIndex:
+                self.ui.engineComboBox.currentIndex = index
+            mode = p.targetMode
+            self.ui.targetPointSelector.visible = self.ui.targetPointPlaceWidget.visible = mode == TargetMode.POINT
+            self.ui.targetPointLabel.visible = mode == TargetMode.POINT
+            self.ui.levelsLineEdit.visible = self.ui.levelsLabel.visible = mode == TargetMode.LEVELS
+            self.ui.targetPointPlaceWidget.setCurrentNode(p.targetPoint)
+            self._observeTargetPoint(p.targetPoint)
+            needsDevice = p.engine in TORCH_ENGINES
+            self.ui.deviceComboBox.enabled = self.ui.weightsCollapsibleButton.enabled = needsDevice
+            self.ui.timeEstimateLabel.text = self._timeEstimate()
         if self.logic is not None and self.logic.isRunning():
             self.ui.applyButton.text = _("Cancel")
             self.ui.applyButton.toolTip = _("Stop grading")
@@ -383,30 +382,56 @@ class HealthiVertWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         reason = self._cannotApplyReason()
         self.ui.applyButton.enabled = reason is None
         self.ui.applyButton.toolTip = reason if reason is not None else _("Grade the selected vertebrae.")
+        self.ui.statusLabel.text = reason or ""
+
+    def _timeEstimate(self) -> str:
+        p = self._parameterNode
+        count = 1
+        if p.targetMode == TargetMode.LEVELS:
+            count = max(1, len(core("background").parse_levels(p.targetLevel)))
+        elif p.targetMode == TargetMode.ALL:
+            count = 10
+        seconds = core("background").estimate_seconds(p.engine, count, self.logic.figuresAvailable())
+        if seconds is None:
+            return _("Time on CPU: not measured for the '{engine}' engine.").format(engine=p.engine)
+        if p.targetMode == TargetMode.ALL:
+            return _("Time on CPU: about {seconds:.0f} s for 10 vertebrae.").format(seconds=seconds)
+        return _("Time on CPU: about {seconds:.0f} s.").format(seconds=max(seconds, 1.0))
 
     def _cannotApplyReason(self) -> Optional[str]:
         """Why Apply is disabled, or None when the inputs are valid."""
         p = self._parameterNode
         if p is None:
             return _("The module is not initialized.")
-        if not p.labelVolume:
-            return _("Select the vertebra label map (one label per vertebra).")
-        if p.labelVolume.GetImageData() is None:
+        if not p.vertebrae:
+            return _("Select the vertebra segmentation (e.g. from the TotalSegmentator extension).")
+        if p.vertebrae.IsA("vtkMRMLSegmentationNode"):
+            if p.vertebrae.GetSegmentation().GetNumberOfSegments() == 0:
+                return _("The vertebra segmentation has no segments.")
+            if not p.ctVolume:
+                return _("Select the CT: a segmentation needs it as the reference grid.")
+        elif p.vertebrae.GetImageData() is None:
             return _("The vertebra label map has no image data.")
-        bad = invalidLevels(p.targetLevel)
-        if bad:
-            return _("Unknown vertebra level(s): {levels}. Use T1-T13 or L1-L6, separated by spaces.").format(
-                levels=", ".join(bad)
-            )
-        if p.ctVolume:
-            if p.ctVolume.GetImageData() is None:
-                return _("The CT volume has no image data.")
-            if not HealthiVertLogic.sameGrid(p.ctVolume, p.labelVolume):
-                return _(
-                    "The CT and the label map are not on the same voxel grid. Resample the label map onto the CT "
-                    "(Resample Scalar/Vector/DWI Volume, nearest neighbour) or clear the CT selection."
-                )
+        if p.ctVolume and p.ctVolume.GetImageData() is None:
+            return _("The CT volume has no image data.")
+        if p.targetMode == TargetMode.POINT:
+            if not p.targetPoint or p.targetPoint.GetNumberOfControlPoints() == 0:
+                return _("Place a point on the vertebra to grade (or choose levels, or every vertebra).")
+        elif p.targetMode == TargetMode.LEVELS:
+            background = core("background")
+            if not background.parse_levels(p.targetLevel):
+                return _("Type the level(s) to grade, e.g. L1 or T12 L1.")
+            bad = background.invalid_levels(p.targetLevel)
+            if bad:
+                return _("Unknown vertebra level(s): {levels}. Use T1-T13 or L1-L6, separated by spaces.").format(
+                    levels=", ".join(bad))
+        if p.engine not in self.logic.availableEngines():
+            return _("The '{engine}' engine is not available in this installation.").format(engine=p.engine)
         return None
+
+    def onEngineChanged(self, index: int) -> None:
+        if self._parameterNode is not None and index >= 0:
+            self._parameterNode.engine = self.ui.engineComboBox.itemText(index)
 
     def onApplyButton(self) -> None:
         if self.logic.isRunning():
@@ -418,17 +443,15 @@ class HealthiVertWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.progressBar.setValue(0)
         self.ui.progressBar.setFormat(_("Starting"))
         with slicer.util.tryWithErrorDisplay(_("Failed to start HealthiVert."), waitCursor=True):
+            if not self.logic.ensureDependencies(p.engine, askUser=True):
+                self._log(_("Missing packages were not installed; nothing was run."))
+                return
             self.logic.process(
-                p.ctVolume,
-                p.labelVolume,
-                p.targetLevel,
-                engine=p.engine,
-                waitForCompletion=False,
-                showResult=True,
-                progressCallback=self._onProgress,
-                logCallback=self._log,
-                completedCallback=self._onCompleted,
-            )
+                p.ctVolume, p.vertebrae, p.subregions, p.targetMode, p.targetPoint, p.targetLevel,
+                labelNumbering=p.labelNumbering, engine=p.engine, device=p.device,
+                waitForCompletion=False, showResult=True,
+                progressCallback=self._onProgress, logCallback=self._log, completedCallback=self._onCompleted,
+            )  # fmt: skip
         self._checkCanApply()
 
     def _log(self, text: str) -> None:
@@ -438,31 +461,62 @@ class HealthiVertWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.progressBar.setValue(int(round(percent)))
         self.ui.progressBar.setFormat(f"%p% {message}" if message else "%p%")
 
-    def _onCompleted(self, results: Optional[HealthiVertResults], error: Optional[str]) -> None:
+    def _onCompleted(self, results, error: Optional[str]) -> None:
         self._checkCanApply()
         if error:
-            self.ui.progressBar.setFormat(_("Failed") if not self.logic.lastRunCancelled else _("Cancelled"))
+            self.ui.progressBar.setFormat(_("Cancelled") if self.logic.lastRunCancelled else _("Failed"))
             self._log(error)
             if not self.logic.lastRunCancelled:
-                slicer.util.errorDisplay(_("HealthiVert failed. See the log for details."), detailedText=error)
+                slicer.util.errorDisplay(_("HealthiVert failed: {error}").format(error=error.splitlines()[0]), detailedText=error)
             return
         self.ui.progressBar.setValue(100)
         self.ui.progressBar.setFormat(_("Done"))
         if self._parameterNode:
-            self._parameterNode.heightLossVolume = results.heightLossVolume
+            self._parameterNode.heightLossVolume = results.height_loss
             self._parameterNode.resultTable = results.table
-        for row in reportTableRows(results.report):
-            if row["Grade"]:
-                message = _("{level}: Genant grade {grade}, height loss anterior {a:.0f}%, middle {m:.0f}%, posterior {p:.0f}%")
-                self._log(message.format(
-                    level=row["Level"], grade=row["Grade"], a=row["RHLV anterior"], m=row["RHLV middle"], p=row["RHLV posterior"]
-                ))
-            else:
-                self._log(_("{level}: not graded ({status}) {reason}").format(
-                    level=row["Level"], status=row["Status"], reason=row["Reason"]))
-        self._log(_("Report files: {folder}").format(folder=results.outputDirectory))
+        for line in core("scene").grades_summary(results.report):
+            self._log(line)
+        self._lastOutputDirectory = self.logic.lastOutputDirectory
+        self.ui.openReportButton.enabled = self._lastOutputDirectory is not None
+        self._log(_("Report files: {folder}").format(folder=self._lastOutputDirectory))
         self._log(_("Research use only, not for diagnosis."))
-        HealthiVertLogic.showTable(results.table)
+        HealthiVertLogic.showResultViews(results)
+
+    def onOpenReport(self) -> None:
+        if not self._lastOutputDirectory:
+            return
+        index = os.path.join(self._lastOutputDirectory, "index.html")
+        target = index if os.path.isfile(index) else self._lastOutputDirectory
+        qt.QDesktopServices.openUrl(qt.QUrl.fromLocalFile(target))
+
+    # --- weights ---------------------------------------------------------------------------------
+
+    def _updateWeightsFolder(self) -> None:
+        folder = self.logic.weightsCacheDirectory()
+        found = self.logic.findWeights()
+        self.ui.weightsFolderLabel.text = folder
+        self.ui.weightsFolderLabel.toolTip = "\n".join(found) if found else _("No weights found.")
+        self.ui.clearWeightsButton.enabled = bool(self.logic.cachedWeights())
+
+    def onOpenWeightsFolder(self) -> None:
+        folder = self.logic.weightsCacheDirectory()
+        os.makedirs(folder, exist_ok=True)
+        qt.QDesktopServices.openUrl(qt.QUrl.fromLocalFile(folder))
+
+    def onClearWeights(self) -> None:
+        files = self.logic.cachedWeights()
+        if not files:
+            return
+        if not slicer.util.confirmOkCancelDisplay(
+            _("Delete {count} downloaded weight file(s) from {folder}?").format(count=len(files), folder=self.logic.weightsCacheDirectory())
+        ):
+            return
+        self.logic.clearWeightsCache()
+        self._updateWeightsFolder()
+
+    def onCheckpointChanged(self, path: str) -> None:
+        self.logic.setUserCheckpoint(path)
+        self._updateWeightsFolder()
 
 
 #
@@ -471,7 +525,8 @@ class HealthiVertWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
 
 class HealthiVertLogic(ScriptedLoadableModuleLogic):
-    """Runs the HealthiVertLib command line on scene nodes and loads its results. Works without GUI."""
+    """Turns scene nodes into the HealthiVertLib command line, runs it in the background and puts its
+    results into the scene. Works without the GUI (``waitForCompletion=True``)."""
 
     POLL_INTERVAL_MS = 200
 
@@ -479,32 +534,25 @@ class HealthiVertLogic(ScriptedLoadableModuleLogic):
         ScriptedLoadableModuleLogic.__init__(self)
         self._run = None
         self.lastRunCancelled = False
+        self.lastOutputDirectory = None
 
     def getParameterNode(self):
         return HealthiVertParameterNode(super().getParameterNode())
 
-    # --- environment ---------------------------------------------------------------------------
+    # --- environment -----------------------------------------------------------------------------
 
     @staticmethod
-    def coreLibraryParentDirectory() -> str:
-        """The folder that contains the ``HealthiVertLib`` package: next to this file in a built or
-        installed extension, the repository root in a source checkout, else wherever Python finds it."""
-        moduleDir = os.path.dirname(os.path.abspath(__file__))
-        for candidate in (moduleDir, os.path.dirname(moduleDir)):
-            if os.path.isfile(os.path.join(candidate, CORE_PACKAGE, "__init__.py")):
-                return candidate
-        spec = importlib.util.find_spec(CORE_PACKAGE)
-        if spec is not None and spec.origin:
-            return os.path.dirname(os.path.dirname(spec.origin))
-        raise RuntimeError(
-            _("The {package} package was not found next to {file}. Reinstall the HealthiVert extension.").format(
-                package=CORE_PACKAGE, file=__file__
-            )
-        )
+    def availableEngines() -> list:
+        """The pseudo-healthy engines of this installation (HealthiVertLib.engines.ENGINES)."""
+        return list(core("engines").ENGINES)
 
     @staticmethod
     def pythonExecutable() -> str:
-        """Slicer's Python launcher (PythonSlicer); plain Python when this runs outside the Slicer application."""
+        """Slicer's Python launcher (PythonSlicer); plain Python when running outside the application."""
+        name = "PythonSlicer.exe" if sys.platform == "win32" else "PythonSlicer"
+        home = getattr(slicer.app, "slicerHome", None)
+        if home and os.path.isfile(os.path.join(home, "bin", name)):
+            return os.path.join(home, "bin", name)
         executable = shutil.which("PythonSlicer")
         if executable:
             return executable
@@ -515,50 +563,144 @@ class HealthiVertLogic(ScriptedLoadableModuleLogic):
     @staticmethod
     def figuresAvailable() -> bool:
         """The report figures need matplotlib, which Slicer does not bundle; without it they are skipped."""
+        import importlib.util
+
         return importlib.util.find_spec("matplotlib") is not None
 
-    @staticmethod
-    def gradeCommand(segPath, outDir, ctPath=None, levels=None, engine="context", labelScheme=None,
-                     caseName=None, figures=True) -> list:
-        """The ``HealthiVertLib.cli grade`` command line (without the Python executable)."""
-        levels = parseLevels(levels)
-        args = ["-m", f"{CORE_PACKAGE}.cli", "grade", "--seg", segPath]
-        if ctPath:
-            args += ["--ct", ctPath]
-        args += ["--vertebra", *levels] if levels else ["--all"]
-        args += ["--out", outDir, "--engine", engine, "--progress", "lines"]
-        if labelScheme:
-            args += ["--labels", labelScheme]
-        if caseName:
-            args += ["--name", caseName]
-        if not figures:
-            args.append("--no-figures")
-        return args
+    def ensureDependencies(self, engine: str, askUser: bool = True) -> bool:
+        """Make the packages ``engine`` needs importable: torch through the PyTorch extension, the rest
+        through pip (asked once, never numpy/SimpleITK). False when the user declined."""
+        import importlib.util
 
-    # --- geometry ---------------------------------------------------------------------------------
+        if engine in TORCH_ENGINES and importlib.util.find_spec("torch") is None:
+            try:
+                import PyTorchUtils
+            except ImportError:
+                raise RuntimeError(_("The '{engine}' engine needs PyTorch: install the PyTorch extension from the "
+                                     "Extensions Manager and restart Slicer.").format(engine=engine))
+            if PyTorchUtils.PyTorchUtilsLogic().installTorch(askConfirmation=askUser, torchVersionRequirement=">=2.1") is None:
+                return False
+        requirements = [r for r in ENGINE_REQUIREMENTS.get(engine, []) if not r.startswith(NEVER_INSTALL)]
+        settings = qt.QSettings()
+        if not self.figuresAvailable() and settings.value(f"{SETTINGS_GROUP}/askedFigures") != "1":
+            settings.setValue(f"{SETTINGS_GROUP}/askedFigures", "1")  # ask once
+            if not askUser or slicer.util.confirmYesNoDisplay(
+                _("The report figures need matplotlib, which Slicer does not include. Install it now? "
+                  "(Without it the grading still works; only the PNG figures are skipped.)")):
+                requirements += FIGURE_REQUIREMENTS
+        if not requirements:
+            return True
+        return self._pipInstall(requirements, askUser)
 
     @staticmethod
-    def sameGrid(volumeA, volumeB, tolerance: float = 1e-3) -> bool:
-        """True when both volumes have the same dimensions and IJK-to-RAS matrix (within ``tolerance`` mm)."""
-        imageA, imageB = volumeA.GetImageData(), volumeB.GetImageData()
-        if imageA is None or imageB is None or imageA.GetDimensions() != imageB.GetDimensions():
+    def _pipInstall(requirements: list, askUser: bool) -> bool:
+        """Install missing ``requirements`` (>= floors) after asking; False when the user declined."""
+        try:
+            import slicer.packaging as packaging  # Slicer >= 5.12
+        except ImportError:
+            packaging = None
+        if packaging is not None and hasattr(packaging, "pip_ensure"):
+            try:
+                packaging.pip_ensure(requirements, prompt_install=askUser, requester="HealthiVert")
+            except RuntimeError:  # declined
+                return False
+            return True
+        missing = [r for r in requirements if not _isInstalled(r)]
+        if not missing:
+            return True
+        if askUser and not slicer.util.confirmOkCancelDisplay(
+            _("HealthiVert needs these Python packages: {packages}. Install them now?").format(packages=", ".join(missing))):
             return False
-        matrixA, matrixB = vtk.vtkMatrix4x4(), vtk.vtkMatrix4x4()
-        volumeA.GetIJKToRASMatrix(matrixA)
-        volumeB.GetIJKToRASMatrix(matrixB)
-        if any(abs(matrixA.GetElement(r, c) - matrixB.GetElement(r, c)) > tolerance for r in range(3) for c in range(4)):
-            return False
-        return volumeA.GetTransformNodeID() == volumeB.GetTransformNodeID()
+        slicer.util.pip_install(" ".join(f'"{r}"' for r in missing))
+        return True
+
+    # --- weights -------------------------------------------------------------------------------
 
     @staticmethod
-    def exportVolume(volumeNode, path: str) -> str:
-        """Write ``volumeNode`` (its own coordinates, parent transform not applied) to ``path``
-        without changing the node's storage settings."""
-        if not slicer.util.exportNode(volumeNode, path, {}):
-            raise RuntimeError(_("Could not write {name} to {path}.").format(name=volumeNode.GetName(), path=path))
-        return path
+    def weightsCacheDirectory() -> str:
+        """Per-user folder for downloaded network weights."""
+        return os.path.join(os.path.expanduser("~"), ".healthivert", "weights")
 
-    # --- running ----------------------------------------------------------------------------------
+    @staticmethod
+    def bundledWeights() -> list:
+        """Weights shipped with the extension (``*.safetensors`` in HealthiVertLib/data/weights or Resources/)."""
+        found = []
+        moduleDir = os.path.dirname(os.path.abspath(__file__))
+        coreDir = coreLibraryParentDirectory()
+        folders = [os.path.join(coreDir, CORE_PACKAGE, "data", "weights")]
+        folders += [os.path.join(base, "Resources") for base in dict.fromkeys((moduleDir, os.path.dirname(moduleDir), coreDir))]
+        for folder in folders:
+            for root, _dirs, files in os.walk(folder):
+                found += [os.path.join(root, f) for f in sorted(files) if f.endswith(".safetensors")]
+        return sorted(set(found))
+
+    def cachedWeights(self) -> list:
+        folder = self.weightsCacheDirectory()
+        if not os.path.isdir(folder):
+            return []
+        return sorted(os.path.join(folder, f) for f in os.listdir(folder) if f.endswith((".safetensors", ".pth", ".json")))
+
+    def findWeights(self) -> list:
+        """Weight files found: the user's checkpoint, those shipped with the extension, the cache."""
+        found = [self.userCheckpoint()] if self.userCheckpoint() else []
+        return found + self.bundledWeights() + [f for f in self.cachedWeights() if f.endswith((".safetensors", ".pth"))]
+
+    def clearWeightsCache(self) -> None:
+        for path in self.cachedWeights():
+            os.remove(path)
+
+    @staticmethod
+    def userCheckpoint() -> str:
+        path = qt.QSettings().value(f"{SETTINGS_GROUP}/checkpoint") or ""
+        return path if path and os.path.isfile(path) else ""
+
+    @staticmethod
+    def setUserCheckpoint(path: str) -> None:
+        qt.QSettings().setValue(f"{SETTINGS_GROUP}/checkpoint", path or "")
+
+    # --- inputs ----------------------------------------------------------------------------------
+
+    def prepareInputs(self, ctNode, vertebraeNode, subregionsNode, inputDir: str, labelNumbering=LabelNumbering.AUTO):
+        """Write the CT, vertebra labels (and subregions) on the CT's grid as NIfTI files for the CLI.
+        Returns ``(paths, labelInput, scheme)``."""
+        import SimpleITK as sitk
+
+        scene = core("scene")
+        labelInput = scene.vertebra_labels(vertebraeNode, ctNode)
+        scheme = labelInput.scheme
+        if scheme is None and labelNumbering != LabelNumbering.AUTO:
+            scheme = labelNumbering.value
+        paths = {"seg": os.path.join(inputDir, "vertebrae.nii.gz"), "ct": None, "subregions": None}
+        sitk.WriteImage(labelInput.image, paths["seg"], True)
+        if ctNode is not None:
+            paths["ct"] = os.path.join(inputDir, "ct.nii.gz")
+            sitk.WriteImage(scene.volume_to_image(ctNode), paths["ct"], True)
+        if subregionsNode is not None:
+            reference = ctNode if ctNode is not None else None
+            if reference is None and subregionsNode.IsA("vtkMRMLSegmentationNode"):
+                raise ValueError(_("Select the CT: a subregion segmentation needs it as the reference grid."))
+            image = scene.subregion_labels(subregionsNode, reference) if reference is not None else scene.volume_to_image(subregionsNode)
+            paths["subregions"] = os.path.join(inputDir, "subregions.nii.gz")
+            sitk.WriteImage(image, paths["subregions"], True)
+        return paths, labelInput, scheme
+
+    @staticmethod
+    def targetLevels(targetMode, pointNode, levelText: str, labelInput, scheme) -> Optional[list]:
+        """The levels to grade (None: all): the vertebra under the point, the typed levels, or all."""
+        scene = core("scene")
+        if targetMode == TargetMode.ALL:
+            return None
+        if targetMode == TargetMode.LEVELS:
+            return core("background").parse_levels(levelText)
+        label = scene.label_at_point(labelInput.image, scene.markups_point_ras(pointNode))
+        if not label:
+            raise ValueError(_("The point is not on a vertebra of the segmentation. Place it inside the vertebral body."))
+        level = labelInput.level_of(label, scheme)
+        if level is None:
+            raise ValueError(_("The point is on label {label}, which is not a vertebra in this numbering.").format(label=label))
+        return [level]
+
+    # --- running ---------------------------------------------------------------------------------
 
     def isRunning(self) -> bool:
         return self._run is not None
@@ -566,83 +708,84 @@ class HealthiVertLogic(ScriptedLoadableModuleLogic):
     def process(
         self,
         ctNode,
-        labelNode,
-        levels=None,
-        outDir: Optional[str] = None,
+        vertebraeNode,
+        subregionsNode=None,
+        targetMode=TargetMode.ALL,
+        pointNode=None,
+        levels: str = "",
+        labelNumbering=LabelNumbering.AUTO,
         engine: str = "context",
-        labelScheme: Optional[str] = None,
+        device=Device.AUTO,
+        outDir: Optional[str] = None,
         waitForCompletion: bool = True,
         showResult: bool = True,
         progressCallback: Optional[Callable[[float, str], None]] = None,
         logCallback: Optional[Callable[[str], None]] = None,
-        completedCallback: Optional[Callable[[Optional[HealthiVertResults], Optional[str]], None]] = None,
-    ) -> Optional[HealthiVertResults]:
-        """Grade vertebrae of ``labelNode`` (and optional ``ctNode`` on the same grid).
+        completedCallback: Optional[Callable] = None,
+    ):
+        """Grade vertebrae of ``vertebraeNode`` (segmentation or label map) with the optional CT.
 
-        :param levels: level(s) to grade ("L1", "T12 L1" or a list); None/empty grades all.
-        :param outDir: output folder for report.json, report.csv, volumes and figures; default: a new
-            temporary folder.
-        :param labelScheme: label numbering passed to the CLI ("verse", "totalseg", a dataset.json
-            path); None detects it.
-        :param waitForCompletion: block (keeping the GUI responsive) and return the results; raise
-            RuntimeError on failure. Otherwise return None at once and call
-            ``completedCallback(results, errorMessage)`` when done.
-        :param showResult: show the height-loss map over the CT in the slice views.
+        :param targetMode: TargetMode.POINT (the vertebra under ``pointNode``), LEVELS (``levels``,
+            e.g. "T12 L1") or ALL.
+        :param outDir: folder for report.json, report.csv, volumes and figures (default: a new
+            temporary folder).
+        :param waitForCompletion: block (keeping the GUI responsive) and return the result nodes
+            (``HealthiVertLib.scene.ResultNodes``), raising RuntimeError on failure. Otherwise return
+            None at once and call ``completedCallback(results, errorMessage)`` when done.
         """
         if self.isRunning():
             raise RuntimeError(_("HealthiVert is already running."))
-        if labelNode is None or labelNode.GetImageData() is None:
-            raise ValueError(_("A vertebra label map with image data is required."))
-        bad = invalidLevels(levels)
-        if bad:
-            raise ValueError(_("Unknown vertebra level(s): {levels}.").format(levels=", ".join(bad)))
-        if engine not in ENGINES:
+        background = core("background")
+        if engine not in self.availableEngines():
             raise ValueError(_("Unknown engine '{engine}'.").format(engine=engine))
-        if ctNode is not None and not self.sameGrid(ctNode, labelNode):
-            raise ValueError(_("The CT and the vertebra label map must be on the same voxel grid."))
+        if targetMode == TargetMode.LEVELS and background.invalid_levels(levels):
+            raise ValueError(_("Unknown vertebra level(s): {levels}.").format(levels=", ".join(background.invalid_levels(levels))))
 
-        workDir = slicer.util.tempDirectory(key="HealthiVert")
+        workDir = os.path.join(slicer.app.temporaryPath, "HealthiVert", time.strftime("%Y%m%d-%H%M%S"))
         inputDir = os.path.join(workDir, "input")
         os.makedirs(inputDir, exist_ok=True)
         outDir = os.path.abspath(outDir) if outDir else os.path.join(workDir, "output")
-
-        referenceNode = ctNode if ctNode is not None else labelNode
-        figures = self.figuresAvailable()
+        referenceNode = ctNode if ctNode is not None else vertebraeNode
         try:
-            segPath = self.exportVolume(labelNode, os.path.join(inputDir, "vertebrae.nii.gz"))
-            ctPath = self.exportVolume(ctNode, os.path.join(inputDir, "ct.nii.gz")) if ctNode is not None else None
-            command = [self.pythonExecutable()] + self.gradeCommand(
-                segPath, outDir, ctPath, levels, engine, labelScheme, referenceNode.GetName(), figures
-            )
-            coreDir = self.coreLibraryParentDirectory()
-            startupPythonPath = slicer.util.startupEnvironment().get("PYTHONPATH")
-            environment = {
-                "PYTHONPATH": os.pathsep.join([coreDir] + ([startupPythonPath] if startupPythonPath else [])),
-                "PYTHONUNBUFFERED": "1",  # progress lines arrive as they are printed
-                "PYTHONIOENCODING": "utf-8",
-                "MPLBACKEND": "Agg",
-            }
+            paths, labelInput, scheme = self.prepareInputs(ctNode, vertebraeNode, subregionsNode, inputDir, labelNumbering)
+            targets = self.targetLevels(targetMode, pointNode, levels, labelInput, scheme)
+            if labelInput.resampled and logCallback:
+                logCallback(_("The label map was resampled onto the CT's voxel grid (nearest neighbour)."))
+            extra = []
+            options = background.grade_options()
+            if engine in TORCH_ENGINES and "--device" in options:
+                extra += ["--device", device.value]
+            checkpoint = self.userCheckpoint()
+            weightsOption = next((o for o in ("--weights", "--checkpoint") if o in options), None)
+            if engine in TORCH_ENGINES and checkpoint and weightsOption:
+                extra += [weightsOption, checkpoint]
+            figures = self.figuresAvailable()
+            command = [self.pythonExecutable()] + background.grade_command(
+                paths["seg"], outDir, paths["ct"], targets, engine, scheme, referenceNode.GetName(), figures,
+                paths["subregions"], extra,
+            )  # fmt: skip
+            coreDir = coreLibraryParentDirectory()
+            environment = background.child_environment(
+                coreDir, slicer.util.startupEnvironment() if hasattr(slicer.util, "startupEnvironment") else None,
+                device.value if engine in TORCH_ENGINES else None,
+            )  # fmt: skip
             logging.info("HealthiVert: %s", " ".join(command))
-            # cwd = the folder holding HealthiVertLib, so "python -m HealthiVertLib.cli" finds it
-            # even if the launcher rewrites PYTHONPATH.
-            proc = slicer.util.launchConsoleProcess(command, updateEnvironment=environment, cwd=coreDir)
+            run = background.BackgroundRun(command, env=environment, cwd=coreDir)
         except Exception:
             shutil.rmtree(inputDir, ignore_errors=True)
             raise
-
-        run = _Run(proc, inputDir, outDir, referenceNode, showResult, (progressCallback, logCallback, completedCallback))
+        run.context = (inputDir, outDir, referenceNode, showResult, progressCallback, logCallback, completedCallback)
         self._run = run
         self.lastRunCancelled = False
         if logCallback:
             logCallback(_("Grading {name} ({levels}) with the '{engine}' engine...").format(
-                name=referenceNode.GetName(), levels=" ".join(parseLevels(levels)) or _("all levels"), engine=engine))
+                name=referenceNode.GetName(), levels=" ".join(targets) if targets else _("all levels"), engine=engine))
             if not figures:
                 logCallback(_("matplotlib is not installed: the report figures are skipped."))
-
         if not waitForCompletion:
             qt.QTimer.singleShot(self.POLL_INTERVAL_MS, self._poll)
             return None
-        while not self._drain(run, timeout=0.1):
+        while not self._handle(run, run.poll(timeout=0.1)):
             slicer.app.processEvents()
         results, error = self._finish(run)
         if error:
@@ -650,131 +793,89 @@ class HealthiVertLogic(ScriptedLoadableModuleLogic):
         return results
 
     def cancel(self) -> None:
-        """Stop the running process (and its children). The completion callback reports the cancellation."""
-        run = self._run
-        if run is None:
-            return
-        run.cancelled = True
-        _killProcessTree(run.proc)
+        """Stop the running process tree; the completion callback reports the cancellation."""
+        if self._run is not None:
+            self._run.cancel()
 
     def _poll(self) -> None:
         run = self._run
         if run is None:
             return
-        if self._drain(run):
+        if self._handle(run, run.poll()):
             self._finish(run)
         else:
             qt.QTimer.singleShot(self.POLL_INTERVAL_MS, self._poll)
 
-    def _drain(self, run: _Run, timeout: Optional[float] = None) -> bool:
-        """Handle the queued output lines; True once the process has ended and all output is handled."""
-        while True:
-            try:
-                line = run.lines.get(timeout=timeout) if timeout else run.lines.get_nowait()
-            except queue.Empty:
-                return False
-            timeout = None
-            if line is None:
-                run.returnCode = run.proc.wait()
-                return True
-            progress = parseProgressLine(line)
-            if progress is not None:
-                percent, message = progress
-                if run.progressCallback:
-                    run.progressCallback(percent, message)
-                if message and run.logCallback:
-                    run.logCallback(f"[{percent:3.0f}%] {message}")
-                continue
-            run.tail.append(line)
-            logging.debug("HealthiVert: %s", line)
-            if run.logCallback:
-                run.logCallback(line)
+    @staticmethod
+    def _handle(run, events) -> bool:
+        """Pass progress and log lines to the callbacks; True once the process has ended."""
+        progressCallback, logCallback = run.context[4], run.context[5]
+        for event in events:
+            if event[0] == "progress":
+                if progressCallback:
+                    progressCallback(event[1], event[2])
+                if event[2] and logCallback:
+                    logCallback(f"[{event[1]:3.0f}%] {event[2]}")
+            elif logCallback:
+                logCallback(event[1])
+        return run.finished
 
-    def _finish(self, run: _Run):
-        """Load the results of a finished run; returns ``(results, errorMessage)`` and calls the
-        completion callback."""
+    def _finish(self, run):
+        """Load the results of a finished run; returns ``(results, errorMessage)``."""
+        inputDir, outDir, referenceNode, showResult, _progress, _log, completedCallback = run.context
         self._run = None
         self.lastRunCancelled = run.cancelled
-        shutil.rmtree(run.inputDirectory, ignore_errors=True)
-        results, error = None, None
-        if run.cancelled:
-            error = _("Cancelled.")
-        elif run.returnCode != 0:
-            error = _("HealthiVert stopped with exit code {code}:").format(code=run.returnCode) + "\n" + "\n".join(run.tail)
-        else:
+        shutil.rmtree(inputDir, ignore_errors=True)
+        results, error = None, run.error_message()
+        if error is None:
             try:
-                results = self.loadResults(run.outputDirectory, run.referenceNode, run.showResult)
+                results = self.loadResults(outDir, referenceNode, showResult)
+                self.lastOutputDirectory = outDir
             except Exception as e:
                 logging.exception("HealthiVert: loading the results failed")
-                error = _("Could not load the results from {folder}: {error}").format(folder=run.outputDirectory, error=e)
-        if run.completedCallback:
-            run.completedCallback(results, error)
+                error = _("Could not load the results from {folder}: {error}").format(folder=outDir, error=e)
+        if completedCallback:
+            completedCallback(results, error)
         return results, error
 
-    # --- results ----------------------------------------------------------------------------------
+    # --- results ---------------------------------------------------------------------------------
 
-    def loadResults(self, outDir: str, referenceNode=None, showResult: bool = True) -> HealthiVertResults:
-        """Load ``height_loss.nii.gz`` as a volume and ``report.json`` as a table node."""
-        with open(os.path.join(outDir, "report.json"), encoding="utf-8") as f:
-            report = json.load(f)
-        baseName = referenceNode.GetName() if referenceNode is not None else "HealthiVert"
-        lossNode = slicer.util.loadVolume(
-            os.path.join(outDir, "height_loss.nii.gz"),
-            {"name": slicer.mrmlScene.GenerateUniqueName(f"{baseName} height loss"), "show": False},
-        )
-        self.setHeightLossDisplay(lossNode)
-        tableNode = slicer.mrmlScene.AddNewNodeByClass(
-            "vtkMRMLTableNode", slicer.mrmlScene.GenerateUniqueName(f"{baseName} HealthiVert grades")
-        )
-        fillResultTable(tableNode, reportTableRows(report))
-        if referenceNode is not None:
-            # Same parent transform and subject-hierarchy folder (study) as the input
-            lossNode.SetAndObserveTransformNodeID(referenceNode.GetTransformNodeID())
-            shNode = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(slicer.mrmlScene)
-            referenceItem = shNode.GetItemByDataNode(referenceNode) if shNode else 0
-            if referenceItem:
-                parentItem = shNode.GetItemParent(referenceItem)
-                for node in (lossNode, tableNode):
-                    item = shNode.GetItemByDataNode(node)
-                    if item:
-                        shNode.SetItemParent(item, parentItem)
-        if showResult and referenceNode is not None:
-            slicer.util.setSliceViewerLayers(
-                background=referenceNode,
-                foreground=lossNode,
-                foregroundOpacity=0.5,
-                fit=slicer.app.layoutManager() is not None,
-            )
-        return HealthiVertResults(outputDirectory=outDir, report=report, heightLossVolume=lossNode, table=tableNode)
+    def loadResults(self, outDir: str, referenceNode=None, showResult: bool = True):
+        """Put the outputs of a run into the scene (replacing this module's earlier outputs for the
+        same input, never other nodes); returns ``HealthiVertLib.scene.ResultNodes``."""
+        results = core("scene").show_results(slicer.mrmlScene, outDir, referenceNode, show=showResult)
+        if showResult and slicer.app.layoutManager() is not None and referenceNode is not None:
+            slicer.util.resetSliceViews()
+        return results
 
     @staticmethod
-    def setHeightLossDisplay(lossNode) -> None:
-        """Heat colours over a fixed 0-50 % range; no-loss voxels transparent."""
-        displayNode = lossNode.GetDisplayNode()
-        if displayNode is None:
-            lossNode.CreateDefaultDisplayNodes()
-            displayNode = lossNode.GetDisplayNode()
-        for colorNodeID in HEAT_COLOR_NODE_IDS:
-            if slicer.mrmlScene.GetNodeByID(colorNodeID) is not None:
-                displayNode.SetAndObserveColorNodeID(colorNodeID)
-                break
-        displayNode.AutoWindowLevelOff()
-        displayNode.SetWindowLevelMinMax(*HEIGHT_LOSS_DISPLAY_RANGE)
-        displayNode.AutoThresholdOff()
-        displayNode.SetLowerThreshold(HEIGHT_LOSS_DISPLAY_THRESHOLD)
-        displayNode.SetUpperThreshold(1.0)
-        displayNode.ApplyThresholdOn()
-
-    @staticmethod
-    def showTable(tableNode) -> None:
-        """Show ``tableNode`` in a layout with a table view (GUI only)."""
+    def showResultViews(results) -> None:
+        """Table and plot in the layout, segmentation surfaces in 3D (GUI only)."""
         layoutManager = slicer.app.layoutManager()
-        if layoutManager is None:
+        if layoutManager is None or results is None:
             return
-        layoutManager.setLayout(slicer.vtkMRMLLayoutNode.SlicerLayoutFourUpTableView)
+        layoutManager.setLayout(slicer.vtkMRMLLayoutNode.SlicerLayoutFourUpPlotTableView)
         applicationLogic = slicer.app.applicationLogic()
-        applicationLogic.GetSelectionNode().SetActiveTableID(tableNode.GetID())
+        selection = applicationLogic.GetSelectionNode()
+        selection.SetActiveTableID(results.table.GetID())
         applicationLogic.PropagateTableSelection()
+        if results.plot_chart is not None:
+            selection.SetActivePlotChartID(results.plot_chart.GetID())
+            applicationLogic.PropagatePlotChartSelection()
+        layoutManager.threeDWidget(0).threeDView().resetFocalPoint()
+
+
+def _isInstalled(requirement: str) -> bool:
+    """True when an installed distribution satisfies ``requirement`` (no import, no subprocess)."""
+    import importlib.metadata
+
+    from packaging.requirements import Requirement
+
+    parsed = Requirement(requirement)
+    try:
+        return parsed.specifier.contains(importlib.metadata.version(parsed.name), prereleases=True)
+    except importlib.metadata.PackageNotFoundError:
+        return False
 
 
 #
@@ -783,111 +884,76 @@ class HealthiVertLogic(ScriptedLoadableModuleLogic):
 
 
 class HealthiVertTest(ScriptedLoadableModuleTest):
-    """Runs the whole module logic (export, background CLI, result loading) on a synthetic spine."""
+    """Runs the module logic on the registered sample case: background process, results in the scene."""
 
     def setUp(self):
         slicer.mrmlScene.Clear()
 
     def runTest(self):
         self.setUp()
-        self.test_SyntheticWedgeFracture()
+        self.test_SampleCaseFromPoint()
         self.setUp()
         self.test_InputValidation()
 
-    @staticmethod
-    def _syntheticSpine(wedgeLevel="L2", anteriorLoss=0.4):
-        """Five elliptic vertebral bodies T12-L4 (VerSe labels 19-23), 26 mm tall with 8 mm discs,
-        1 mm voxels, identity IJK-to-RAS (array axes: superior, anterior, right). ``wedgeLevel`` loses
-        ``anteriorLoss`` of its height at the anterior wall, nothing at the posterior wall."""
+    def _loadSample(self):
+        import SampleData
+
+        registerSampleData()
+        self.delayDisplay("Loading the HealthiVert sample (TotalSegmentator example CT and labels)")
+        ctNode, labelNode = SampleData.downloadSample("HealthiVertSample")
+        self.assertIsNotNone(ctNode)
+        self.assertTrue(labelNode.IsA("vtkMRMLLabelMapVolumeNode"))
+        return ctNode, labelNode
+
+    def test_SampleCaseFromPoint(self):
         import numpy as np
 
-        shape = (190, 64, 64)  # k (S), j (A), i (R)
-        levels = ["L4", "L3", "L2", "L1", "T12"]  # caudal to cranial = increasing k
-        verse = {"T12": 19, "L1": 20, "L2": 21, "L3": 22, "L4": 23}
-        height, disc, bottom = 26, 8, 12
-        k, j, i = np.ogrid[: shape[0], : shape[1], : shape[2]]
-        footprint = ((i - 32) / 18.0) ** 2 + ((j - 32) / 15.0) ** 2 <= 1.0  # 36 mm LR, 30 mm AP
-        posteriorWall, anteriorWall = 17, 47
-        labels = np.zeros(shape, dtype=np.uint8)
-        ct = np.full(shape, 40, dtype=np.int16)  # soft tissue
-        for index, level in enumerate(levels):
-            k0 = bottom + index * (height + disc)
-            if level == wedgeLevel:
-                fraction = np.clip((j - posteriorWall) / float(anteriorWall - posteriorWall), 0.0, 1.0)
-                top = k0 + height * (1.0 - anteriorLoss * fraction)
-            else:
-                top = k0 + height
-            body = footprint & (k >= k0) & (k < top)
-            labels[body] = verse[level]
-            ct[body] = 250
-            if index < len(levels) - 1:
-                ct[footprint & (k >= k0 + height) & (k < k0 + height + disc)] = 90  # disc
-        return ct, labels
-
-    def test_SyntheticWedgeFracture(self):
-        import numpy as np
-
-        self.delayDisplay("Building a synthetic spine with a wedge fracture of L2")
-        ctArray, labelArray = self._syntheticSpine("L2", anteriorLoss=0.4)
-        ctNode = slicer.util.addVolumeFromArray(ctArray, name="SyntheticSpineCT")
-        labelNode = slicer.util.addVolumeFromArray(
-            labelArray, name="SyntheticSpineVertebrae", nodeClassName="vtkMRMLLabelMapVolumeNode"
-        )
+        ctNode, labelNode = self._loadSample()
+        scene = core("scene")
+        labels = scene.vertebra_labels(labelNode, ctNode)
+        l1 = np.argwhere(slicer.util.arrayFromVolume(labelNode) == 31).mean(axis=0)  # TotalSegmentator: 31 = L1
+        ras = [0.0, 0.0, 0.0, 1.0]
+        matrix = vtk.vtkMatrix4x4()
+        labelNode.GetIJKToRASMatrix(matrix)
+        matrix.MultiplyPoint([l1[2], l1[1], l1[0], 1.0], ras)
+        pointNode = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "L1 pick")
+        pointNode.AddControlPoint(vtk.vtkVector3d(*ras[:3]))
+        self.assertEqual(labels.level_of(scene.label_at_point(labels.image, ras[:3])), "L1")
 
         logic = HealthiVertLogic()
         progress, log = [], []
-        outDir = slicer.util.tempDirectory(key="HealthiVertTest")
-        self.delayDisplay("Grading L2 in the background")
+        self.delayDisplay("Grading the vertebra under the point in the background")
         results = logic.process(
-            ctNode, labelNode, "L2", outDir=outDir, labelScheme="verse", waitForCompletion=True,
-            showResult=False, progressCallback=lambda p, m: progress.append(p), logCallback=log.append,
-        )
-
+            ctNode, labelNode, None, TargetMode.POINT, pointNode, waitForCompletion=True, showResult=True,
+            progressCallback=lambda p, m: progress.append(p), logCallback=log.append,
+        )  # fmt: skip
         self.assertFalse(logic.isRunning())
-        self.assertTrue(progress, "no progress lines were parsed")
-        self.assertEqual(progress[-1], 100.0)
-        self.assertTrue(os.path.isfile(os.path.join(outDir, "report.json")))
-
+        self.assertTrue(progress and progress[-1] == 100.0, "no progress lines were parsed")
         vertebrae = {v["level"]: v for v in results.report["vertebrae"]}
-        self.assertIn("L2", vertebrae)
-        l2 = vertebrae["L2"]
-        self.assertEqual(l2["status"], "graded", l2.get("reason"))
-        rhlv = l2["rhlv"]
-        self.assertGreater(rhlv["anterior"], 0.2)
-        self.assertLess(rhlv["anterior"], 0.6)
-        self.assertGreater(rhlv["anterior"], rhlv["posterior"] + 0.1)
-        self.assertGreaterEqual(l2["grade"], 1)
+        self.assertEqual(set(vertebrae), {"L1"})
+        self.assertEqual(vertebrae["L1"]["status"], "graded")
+        self.assertEqual(vertebrae["L1"]["grade"], 0)  # healthy lumbar spine of the sample
+        self.assertLess(vertebrae["L1"]["rhlv"]["overall"], 0.2)
+        self.assertIn(results.height_loss.GetDisplayNode().GetColorNodeID(), scene.HEAT_COLOR_NODE_IDS)
+        self.assertEqual(results.table.GetNumberOfRows(), 1)
+        self.assertEqual(results.points["L1"].GetNumberOfControlPoints(), 6)
+        compositeNode = slicer.app.layoutManager().sliceWidget("Red").mrmlSliceCompositeNode()
+        self.assertEqual(compositeNode.GetForegroundVolumeID(), results.height_loss.GetID())
 
-        # Height-loss volume on the input grid, with the wedge's loss in it
-        lossNode = results.heightLossVolume
-        self.assertTrue(HealthiVertLogic.sameGrid(lossNode, labelNode))
-        lossArray = slicer.util.arrayFromVolume(lossNode)
-        self.assertGreater(float(np.nanmax(lossArray[labelArray == 21])), 0.2)
-        self.assertIn(lossNode.GetDisplayNode().GetColorNodeID(), HEAT_COLOR_NODE_IDS)
-
-        # Table: one row per reported vertebra
-        table = results.table
-        self.assertEqual(table.GetNumberOfRows(), len(results.report["vertebrae"]))
-        levelColumn = table.GetTable().GetColumnByName("Level")
-        levelsInTable = [levelColumn.GetValue(r) for r in range(table.GetNumberOfRows())]
-        self.assertIn("L2", levelsInTable)
-        row = levelsInTable.index("L2")
-        anterior = table.GetTable().GetColumnByName("RHLV anterior").GetValue(row)
-        self.assertAlmostEqual(anterior, 100.0 * rhlv["anterior"], places=6)
+        # Re-running replaces the module's outputs only
+        before = len(scene.output_nodes(slicer.mrmlScene))
+        logic.process(ctNode, labelNode, None, TargetMode.POINT, pointNode, waitForCompletion=True)
+        self.assertEqual(len(scene.output_nodes(slicer.mrmlScene)), before)
+        self.assertIsNotNone(slicer.mrmlScene.GetNodeByID(labelNode.GetID()))
         self.delayDisplay("Test passed")
 
     def test_InputValidation(self):
-        self.assertEqual(parseLevels(" t12, l1 L1"), ["T12", "L1"])
-        self.assertEqual(invalidLevels("L1 X9 C3"), ["X9", "C3"])
-        self.assertEqual(parseProgressLine("HEALTHIVERT_PROGRESS 42 L1: measuring"), (42.0, "L1: measuring"))
-        self.assertIsNone(parseProgressLine("healthivert: error: something"))
-        ctArray, labelArray = self._syntheticSpine()
-        labelNode = slicer.util.addVolumeFromArray(labelArray, nodeClassName="vtkMRMLLabelMapVolumeNode")
-        smallCt = slicer.util.addVolumeFromArray(ctArray[:100])
+        ctNode, labelNode = self._loadSample()
         logic = HealthiVertLogic()
         with self.assertRaises(ValueError):
-            logic.process(smallCt, labelNode, "L2")  # not on the same grid
-        with self.assertRaises(ValueError):
-            logic.process(None, labelNode, "L2 Q1")  # unknown level
+            logic.process(ctNode, labelNode, None, TargetMode.LEVELS, None, "L2 Q1")  # unknown level
+        emptyPoint = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode")
+        with self.assertRaises(Exception):
+            logic.process(ctNode, labelNode, None, TargetMode.POINT, emptyPoint)  # no point placed
         self.assertFalse(logic.isRunning())
         self.delayDisplay("Input validation test passed")
