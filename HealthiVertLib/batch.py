@@ -99,6 +99,7 @@ def _strip_image_suffix(filename: str) -> str:
 
 def _run_case(case: BatchCase, out_dir: str, options: dict) -> dict:
     """Grade one case in a worker; never raises, returns its row for cases.csv."""
+    from .engines import get_engine
     from .grading import SVMGrader
     from .io import load_case
     from .pipeline import grade_case
@@ -109,7 +110,8 @@ def _run_case(case: BatchCase, out_dir: str, options: dict) -> dict:
     try:
         loaded = load_case(case.seg, case.ct, case.subregions, labels=options["labels"], name=case.name)
         grader = SVMGrader.load(options["grader"]) if options["grader"] else None
-        result = grade_case(loaded, options["vertebrae"], engine=options["engine"], grader=grader,
+        engine = get_engine(options["engine"], **options.get("engine_options", {}))
+        result = grade_case(loaded, options["vertebrae"], engine=engine, grader=grader,
                             grader_name=f"SVM from {Path(options['grader']).name}" if grader else None)
         write_outputs(result, target, figures=options["figures"])
         graded = sum(v.status == "graded" for v in result.vertebrae)
@@ -131,8 +133,10 @@ def run_batch(args: argparse.Namespace) -> int:
     cases = discover_cases(args.input)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    from .cli import engine_options
+
     options = {"labels": args.labels, "grader": args.grader, "engine": args.engine,
-               "vertebrae": args.vertebra, "figures": not args.no_figures}
+               "engine_options": engine_options(args), "vertebrae": args.vertebra, "figures": not args.no_figures}
     rows: dict[str, dict] = {}
     todo = []
     for case in cases:

@@ -12,7 +12,7 @@ interpolates them across levels. The learned ``generator`` engine plugs into the
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Callable, Protocol
 
 import numpy as np
 from scipy import ndimage
@@ -46,6 +46,10 @@ class HealthyPrediction:
 
 class NoContextError(Exception):
     """No usable neighbour; the message says why each candidate was rejected."""
+
+
+class EngineUnavailable(Exception):
+    """The engine cannot work on this input (e.g. it needs the CT); the message says what to do."""
 
 
 class PseudoHealthyEngine(Protocol):
@@ -182,13 +186,28 @@ def _mid_plane(target: VertebralBody, heights: np.ndarray) -> np.ndarray:
     return (coef[0] + coef[1] * u + coef[2] * v)[None]
 
 
-ENGINES: dict[str, type] = {"context": ContextEngine}
+def _generator_engine(**options: Any) -> PseudoHealthyEngine:
+    """The learned HealthiVert-GAN engine; imported only when asked for (it needs PyTorch)."""
+    from .errors import HealthiVertError
+
+    try:
+        from .generator.engine import GeneratorEngine
+    except ImportError as err:
+        raise HealthiVertError(
+            f"The generator engine needs PyTorch and safetensors ({err}); install them with "
+            "'pip install torch safetensors', or use --engine context."
+        ) from None
+    return GeneratorEngine(**options)
 
 
-def get_engine(name: str) -> PseudoHealthyEngine:
-    """The engine called ``name``; HealthiVertError lists the available ones otherwise."""
+ENGINES: dict[str, Callable[..., PseudoHealthyEngine]] = {"context": ContextEngine, "generator": _generator_engine}
+
+
+def get_engine(name: str, **options: Any) -> PseudoHealthyEngine:
+    """The engine called ``name`` built with ``options`` (e.g. the generator's ``weights``,
+    ``device``); HealthiVertError lists the available ones otherwise."""
     from .errors import HealthiVertError
 
     if name not in ENGINES:
         raise HealthiVertError(f"Unknown engine {name!r}; available: {', '.join(sorted(ENGINES))}.")
-    return ENGINES[name]()
+    return ENGINES[name](**options)
