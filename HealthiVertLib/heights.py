@@ -11,6 +11,14 @@ of its LR width, and all of those columns ("overall").
 Unlike the reference implementation, columns are selected by the *pseudo-healthy* body (columns
 within 2 mm of its footprint's edge, or shorter than half its typical height, are partial-volume
 rim), never by the original height, so the most compressed columns of a wedge are kept.
+
+The abnormality score summarises the whole body in one number, 0-100:
+score = 100 * sum_c max(H_healthy(c) - H_original(c), 0) / sum_c H_healthy(c), over every column c
+of the pseudo-healthy footprint at least RIM_MM inside its edge (full LR width, not only the central
+slab). It is the volume of the pseudo-healthy body that the actual body no longer fills (column-wise,
+so an endplate shifted along the spine does not count), as a percentage of the pseudo-healthy volume:
+0 = intact; a uniform 30 % crush scores 30; a 30 % anterior wedge scores less (its loss tapers
+posteriorly). Unlike the Genant grade it has no thresholds; it ranks vertebrae (ROC in benchmarks/accuracy.md).
 """
 
 from __future__ import annotations
@@ -42,6 +50,7 @@ class HeightMeasurement:
     third_bounds_mm: tuple[float, float]
     points_local: dict[str, np.ndarray]  # GENANT_POINTS -> local (s, u, v) mm
     min_max_ratio: float
+    abnormality_score: float = float("nan")  # 0-100, see the module docstring
 
 
 def measure(original: VertebralBody, healthy_occupancy: np.ndarray) -> HeightMeasurement:
@@ -78,7 +87,22 @@ def measure(original: VertebralBody, healthy_occupancy: np.ndarray) -> HeightMea
         third_bounds_mm=(fp.depth / 3, 2 * fp.depth / 3),
         points_local=genant_points(original),
         min_max_ratio=min(thirds) / max(thirds) if max(thirds) > 0 else float("nan"),
+        abnormality_score=abnormality_score(h_ori, h_syn),
     )
+
+
+def abnormality_score(h_original: np.ndarray, h_healthy: np.ndarray) -> float:
+    """Surplus volume of the pseudo-healthy body over the original, % of the pseudo-healthy volume.
+
+    100 * sum max(H_healthy - H_original, 0) / sum H_healthy over the pseudo-healthy footprint's
+    columns at least RIM_MM inside its edge (NaN when there are none). Column heights in mm.
+    """
+    inside = ndimage.binary_erosion(h_healthy > 0, iterations=RIM_MM)
+    total = float(h_healthy[inside].sum())
+    if total <= 0:
+        return float("nan")
+    surplus = float(np.maximum(h_healthy[inside] - h_original[inside], 0.0).sum())
+    return 100.0 * surplus / total
 
 
 def _selected_columns(h_syn: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -17,12 +17,13 @@ from scipy import ndimage
 
 from . import labels as lab
 from .body import VertebralBody, extract_body
-from .engines import NoContextError, Neighbour, PseudoHealthyEngine, get_engine, mean_height
+from .engines import EngineUnavailable, NoContextError, Neighbour, PseudoHealthyEngine, get_engine, mean_height
 from .errors import HealthiVertError
 from .grading import SVMGrader, genant_rule, load_default_grader
 from .heights import HeightMeasurement, measure
 from .io import Case
 from .results import (
+    FAILED,
     INCOMPLETE,
     NO_CONTEXT,
     UNSUPPORTED,
@@ -30,12 +31,13 @@ from .results import (
     VertebraResult,
     VertebraViews,
 )
+from .simulate import CounterfactualSeries
 from .straighten import LocalFrame, SpineCurve, array_ijk, block_to_index_affine
 
 Progress = Callable[[float, str], None]
 FRAGMENT_MM3 = 2000.0  # smaller label pieces are fragments, not vertebrae
 CONTEXT_LEVELS = 3.0
-DEFAULT_GRADER_NAME = "default SVM (fitted on synthetic Genant RHLV features, not on real graded CTs)"
+DEFAULT_GRADER_NAME = "default SVM (fitted on simulated fractures of real and phantom vertebrae, not on real graded CTs)"
 
 
 @dataclass
@@ -140,16 +142,20 @@ def grade_case(
     progress: Progress | None = None,
     volumes: bool = True,
     grader_name: str | None = None,
+    counterfactuals: bool = False,
 ) -> CaseResult:
     """Grade the requested vertebrae (all gradable ones when ``vertebrae`` is None).
 
     Vertebrae cut by the field of view, without usable neighbours, or outside T1-L6 are reported
-    with a status and a reason instead of a grade.
+    with a status and a reason instead of a grade. ``counterfactuals``: also each graded vertebra
+    as it would look at grade 0-3 (``simulate.CounterfactualSeries``).
     """
     progress = progress or (lambda fraction, message: None)
     timing: dict[str, float] = {}
     t0 = time.perf_counter()
     engine = get_engine(engine) if isinstance(engine, str) else engine
+    if hasattr(engine, "attach"):
+        engine.attach(case)  # engines that read the CT (generator) get the case
     if grader is None:
         grader, grader_name = load_default_grader(), DEFAULT_GRADER_NAME
     levels = spine_levels(case)
@@ -158,10 +164,11 @@ def grade_case(
     timing["geometry"] = time.perf_counter() - t0
     ct_ijk = array_ijk(case.ct) if case.ct is not None else None
     out = _VolumeWriter(case.seg) if volumes else None
+    cf = CounterfactualSeries(case.seg, volumes) if counterfactuals else None
     results = []
     for k, target in enumerate(targets):
         progress(k / max(len(targets), 1), f"{target.level}: measuring")
-        results.append(_grade_one(target, levels, bodies, engine, grader, case, ct_ijk, out, timing))
+        results.append(_grade_one(target, levels, bodies, engine, grader, case, ct_ijk, out, timing, cf))
     progress(1.0, "done")
     result = CaseResult(
         case=case.name,
@@ -175,6 +182,9 @@ def grade_case(
     if out is not None:
         t = time.perf_counter()
         result.loss_volume, result.healthy_label_volume, result.original_body_volume = out.images()
+        result.healthy_ct_volume = out.ct_image()
+        if cf is not None:
+            result.counterfactual_volumes = cf.images()
         _add(timing, "volumes", time.perf_counter() - t)
     timing["total"] = time.perf_counter() - t0
     return result
@@ -190,6 +200,7 @@ def _grade_one(
     ct_ijk: np.ndarray | None,
     out: "_VolumeWriter | None",
     timing: dict[str, float],
+    cf: CounterfactualSeries | None = None,
 ) -> VertebraResult:
     res = VertebraResult(level=target.level, label=target.label, verse_label=lab.verse_label(target.level))
     if not lab.is_gradable(target.level):
@@ -215,6 +226,9 @@ def _grade_one(
     except NoContextError as err:
         res.status, res.reason = NO_CONTEXT, f"cannot predict the healthy shape: {err}"
         return res
+    except EngineUnavailable as err:
+        res.status, res.reason = FAILED, f"the {engine.name} engine cannot grade it: {err}"
+        return res
     finally:
         _add(timing, "engine", time.perf_counter() - t)
     t = time.perf_counter()
@@ -230,7 +244,13 @@ def _grade_one(
     res.views = _views(body, prediction.occupancy, m, case, ct_ijk)
     if out is not None:
         out.add(target.label, body, prediction.occupancy, m.loss_map)
+        if prediction.ct is not None and case.ct is not None:
+            out.add_ct(body, prediction.ct, case.ct)
     _add(timing, "views", time.perf_counter() - t)
+    if cf is not None:
+        t = time.perf_counter()
+        res.counterfactuals = cf.add(target.label, body, prediction.occupancy, m.rhlv, res.views)
+        _add(timing, "counterfactuals", time.perf_counter() - t)
     return res
 
 
@@ -248,6 +268,7 @@ def _neighbours(target: SpineLevel, levels: list[SpineLevel], bodies: _Bodies) -
 
 def _fill_measurement(res: VertebraResult, m: HeightMeasurement, body: VertebralBody, neighbours: list[Neighbour]) -> None:
     res.rhlv = m.rhlv
+    res.abnormality_score = m.abnormality_score
     res.heights_mm = {"original": m.original_mm, "pseudo_healthy": m.healthy_mm}
     res.genant_points_lps = {k: body.frame.to_world(p).tolist() for k, p in m.points_local.items()}
     res.ratios = {"min_max": m.min_max_ratio, "to_neighbours": _ratio_to_neighbours(m, neighbours)}
@@ -306,6 +327,7 @@ class _VolumeWriter:
         self.loss = np.zeros(shape, np.float32)
         self.healthy = np.zeros(shape, np.uint16)
         self.original = np.zeros(shape, np.uint16)
+        self.healthy_ct: np.ndarray | None = None  # the input CT with pseudo-healthy vertebrae pasted in
 
     def add(self, label: int, body: VertebralBody, healthy: np.ndarray, loss_map: np.ndarray) -> None:
         block = body.block
@@ -342,6 +364,34 @@ class _VolumeWriter:
             img.CopyInformation(self.seg)
             out.append(img)
         return tuple(out)
+
+    def add_ct(self, body: VertebralBody, ct_block: np.ndarray, ct: sitk.Image) -> None:
+        """Paste a pseudo-healthy CT (HU on the body's block; NaN = not synthesized) into a copy of the CT."""
+        if self.healthy_ct is None:
+            self.healthy_ct = sitk.GetArrayFromImage(ct).astype(np.float32)
+        matrix, offset = block_to_index_affine(self.seg, body.frame, body.block)
+        inv = np.linalg.inv(matrix)
+        lo, hi = self._index_box(matrix, offset, body.block.shape)
+        size = tuple(int(x) for x in hi - lo)
+        if min(size) <= 0:
+            return
+        covered = np.isfinite(ct_block)
+        back = lambda arr: ndimage.affine_transform(  # noqa: E731
+            arr, inv, inv @ (lo - offset), output_shape=size, order=1, cval=0.0
+        )
+        weight = back(covered.astype(np.float32)).transpose(2, 1, 0)
+        values = back(np.where(covered, ct_block, 0.0).astype(np.float32)).transpose(2, 1, 0)
+        view = self.healthy_ct[lo[2] : hi[2], lo[1] : hi[1], lo[0] : hi[0]]
+        paste = weight >= 0.5
+        view[paste] = values[paste] / weight[paste]
+
+    def ct_image(self) -> sitk.Image | None:
+        """The pseudo-healthy CT on the input grid, or None when no engine produced one."""
+        if self.healthy_ct is None:
+            return None
+        img = sitk.GetImageFromArray(self.healthy_ct)
+        img.CopyInformation(self.seg)
+        return img
 
 
 def _add(timing: dict[str, float], key: str, seconds: float) -> None:

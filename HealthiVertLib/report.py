@@ -54,6 +54,7 @@ CSV_COLUMNS: tuple[str, ...] = (
     "rhlv_middle",
     "rhlv_posterior",
     "rhlv_overall",
+    "abnormality_score",
     "h_original_anterior_mm",
     "h_original_middle_mm",
     "h_original_posterior_mm",
@@ -72,9 +73,11 @@ VOLUME_FILES: dict[str, tuple[str, str]] = {
     "height_loss.nii.gz": ("loss_volume", "float32"),
     "pseudo_healthy_body_label.nii.gz": ("healthy_label_volume", "uint16"),
     "original_body_label.nii.gz": ("original_body_volume", "uint16"),
+    "pseudo_healthy_ct.nii.gz": ("healthy_ct_volume", "float32"),
 }
 
 FIGURE_KINDS = ("sagittal", "axial_loss", "ap_profile")
+COUNTERFACTUAL_FIGURE = "counterfactuals"  # only with grade --counterfactuals
 
 GENANT_THRESHOLDS_PCT = ((20.0, "grade 1"), (25.0, "grade 2"), (40.0, "grade 3"))
 GRADE_COLOURS = {0: "#2e9d4a", 1: "#f2c200", 2: "#f07f10", 3: "#d62728"}
@@ -166,6 +169,7 @@ def _vertebra_row(case: str, v: VertebraResult) -> dict[str, Any]:
         "grade": v.grade,
         "confidence": _finite(v.confidence),
         "grade_rule": v.grade_rule,
+        "abnormality_score": _finite(v.abnormality_score),
         "ratio_min_max": _finite(_get(v.ratios, "min_max")),
         "ratio_to_neighbours": _finite(_get(v.ratios, "to_neighbours")),
         "reason": v.reason,
@@ -220,6 +224,9 @@ def _write_volumes(result: CaseResult, out_dir: Path) -> dict[str, Path]:
         path = out_dir / name
         _write_volume(img, path, pixel)
         written[name] = path
+    for name, img in (result.counterfactual_volumes or {}).items():  # grade --counterfactuals
+        written[name] = out_dir / name
+        _write_volume(img, written[name], "uint16")
     return written
 
 
@@ -393,6 +400,46 @@ def sagittal_figure(v: VertebraResult) -> bytes:
     return _png_bytes(fig)
 
 
+def counterfactual_figure(v: VertebraResult) -> bytes:
+    """Mid-sagittal outlines of the vertebra as it would look at grade 0-3 over the actual body."""
+    from matplotlib import colormaps
+    from matplotlib.colors import ListedColormap
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
+
+    views = v.views
+    orig = np.asarray(views.sagittal_original, bool)
+    n_rows, n_cols = orig.shape
+    extent = (-0.5, n_cols - 0.5, -0.5, n_rows - 0.5)
+    fig = _new_figure((6.0, 7.0))
+    ax = fig.add_subplot()
+    has_ct = _sagittal_background(ax, views, extent)
+    ax.imshow(np.ma.masked_where(~orig, orig.astype(float)), cmap=ListedColormap([COLOUR_ORIGINAL]),
+              alpha=0.35 if has_ct else 0.45, extent=extent, origin="upper", interpolation="nearest", zorder=2)
+    colours = colormaps["plasma"](np.linspace(0.0, 0.8, 4))
+    series = (v.counterfactuals or {}).get("grades", {})
+    handles = [Patch(color=COLOUR_ORIGINAL, alpha=0.45, label="actual body")]
+    y = (n_rows - 1) - np.arange(n_rows)
+    for g, mask in sorted(views.sagittal_counterfactuals.items()):
+        if mask.shape != orig.shape or not mask.any():
+            continue
+        ax.contour(np.arange(n_cols), y, mask.astype(float), levels=[0.5], colors=[colours[g]], linewidths=1.6, zorder=3)
+        loss = _get(series.get(str(g)), "loss")
+        label = f"grade {g}" + (f" ({_fmt_pct(loss, 0)} loss)" if loss else " (pseudo-healthy)")
+        handles.append(Line2D([], [], color=colours[g], lw=1.6, label=label))
+    r0, r1, c0, c1 = _mask_bbox([orig, *views.sagittal_counterfactuals.values()], orig.shape, margin=10)
+    ax.set_xlim(c0 - 0.5, c1 + 0.5)
+    ax.set_ylim((n_rows - 1) - r1 - 0.5, (n_rows - 1) - r0 + 0.5)
+    ax.set_aspect("equal")
+    ax.set_xlabel("anterior ← → posterior (mm)", fontsize=9)
+    ax.set_ylabel("cranial ↑ (mm along the spine)", fontsize=9)
+    ax.tick_params(labelsize=8)
+    fig.legend(handles=handles, loc="outside lower center", fontsize=7.5, framealpha=0.85, ncol=3)
+    kind = (v.counterfactuals or {}).get("kind", "")
+    ax.set_title(f"{_title_line(v)}\ncounterfactual grades 0-3 ({kind}, simulated)", fontsize=10)
+    return _png_bytes(fig)
+
+
 def _footprint_front_row(loss: np.ndarray) -> int | None:
     rows = np.nonzero(np.isfinite(loss).any(axis=1))[0]
     return int(rows[0]) if rows.size else None
@@ -528,6 +575,9 @@ def render_figures(result: CaseResult, out_dir: str | Path) -> dict[int, dict[st
             path = fig_dir / f"{stem}_{kind}.png"
             write_bytes_atomic(path, maker(v))
             paths[kind] = path
+        if v.views.sagittal_counterfactuals:
+            paths[COUNTERFACTUAL_FIGURE] = fig_dir / f"{stem}_{COUNTERFACTUAL_FIGURE}.png"
+            write_bytes_atomic(paths[COUNTERFACTUAL_FIGURE], counterfactual_figure(v))
         out[i] = paths
     return out
 
@@ -578,16 +628,16 @@ def _table(header: Iterable[str], rows: Iterable[Iterable[str]], numeric: set[in
 
 def _summary_html(result: CaseResult) -> str:
     header = ["Level", "Status", "Grade", "Confidence", "RHLV anterior", "RHLV middle", "RHLV posterior",
-              "RHLV overall", "Reason"]
+              "RHLV overall", "Abnormality (0-100)", "Reason"]
     rows = []
     for v in result.vertebrae:
         conf = _finite(v.confidence)
         rows.append(
             [_e(v.level), _e(v.status), _grade_chip(v.grade), "—" if conf is None else _e(f"{conf:.2f}")]
             + [_e(_fmt_pct(_get(v.rhlv, r))) for r in REGIONS]
-            + [_e(v.reason)]
+            + [_e(_fmt_float(v.abnormality_score, 1) or "—"), _e(v.reason)]
         )
-    return _table(header, rows, numeric={3, 4, 5, 6, 7})
+    return _table(header, rows, numeric={3, 4, 5, 6, 7, 8})
 
 
 def _measure_html(v: VertebraResult) -> str:
@@ -600,6 +650,9 @@ def _measure_html(v: VertebraResult) -> str:
     extras = []
     if v.grade_rule is not None:
         extras.append(f"Genant threshold rule (20/25/40 %): grade {_e(v.grade_rule)}")
+    if _finite(v.abnormality_score) is not None:
+        extras.append(f"abnormality score: {_e(_fmt_float(v.abnormality_score, 1))} / 100 "
+                      "(surplus volume of the pseudo-healthy body, % of its volume)")
     for key, name in (("min_max", "ratio min/max height"), ("to_neighbours", "ratio to neighbours")):
         val = _finite(_get(v.ratios, key))
         if val is not None:
@@ -621,7 +674,7 @@ def _vertebra_section(v: VertebraResult, figs: dict[str, Path] | None, out_dir: 
     parts.append(_measure_html(v))
     if figs:
         imgs = []
-        for kind in FIGURE_KINDS:
+        for kind in (*FIGURE_KINDS, COUNTERFACTUAL_FIGURE):
             if kind in figs:
                 rel = figs[kind].relative_to(out_dir).as_posix()
                 alt = f"{v.level} {kind.replace('_', ' ')}"
@@ -632,7 +685,7 @@ def _vertebra_section(v: VertebraResult, figs: dict[str, Path] | None, out_dir: 
 
 def _files_html(files: dict[str, Path], out_dir: Path) -> str:
     items = []
-    for name in ("report.json", "report.csv", *VOLUME_FILES):
+    for name in ("report.json", "report.csv", *VOLUME_FILES, *sorted(n for n in files if n.startswith("counterfactual_"))):
         if name in files:
             rel = files[name].relative_to(out_dir).as_posix()
             items.append(f'<li><a href="{_e(rel)}">{_e(name)}</a></li>')
@@ -712,14 +765,15 @@ def write_outputs(result: CaseResult, out_dir: str | Path, *, figures: bool = Tr
 
 
 def summary_table(result: CaseResult) -> str:
-    """Plain-text table of the vertebrae (level, status, grade, confidence, RHLV A/M/P/overall in %)."""
-    header = ["Level", "Status", "Grade", "Conf.", "RHLV A", "RHLV M", "RHLV P", "RHLV all"]
+    """Plain-text table: level, status, grade, confidence, RHLV A/M/P/overall in %, abnormality 0-100."""
+    header = ["Level", "Status", "Grade", "Conf.", "RHLV A", "RHLV M", "RHLV P", "RHLV all", "Abn."]
     rows = [header]
     for v in result.vertebrae:
         conf = _finite(v.confidence)
         rows.append(
             [str(v.level), str(v.status), _grade_text(v), "—" if conf is None else f"{conf:.2f}"]
             + [_fmt_pct(_get(v.rhlv, r)) for r in REGIONS]
+            + [_fmt_float(v.abnormality_score, 1) or "—"]
         )
     widths = [max(len(r[j]) for r in rows) for j in range(len(header))]
 

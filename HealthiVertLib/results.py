@@ -51,6 +51,7 @@ class VertebraViews:
     ap_positions_mm: np.ndarray  # distance from the anterior edge of the body
     ap_profile: np.ndarray  # fraction per AP position
     third_bounds_mm: tuple[float, float]  # anterior|middle and middle|posterior boundaries, same axis
+    sagittal_counterfactuals: dict[int, np.ndarray] | None = None  # grade -> bool slice (grade --counterfactuals)
 
 
 @dataclass
@@ -68,10 +69,12 @@ class VertebraResult:
     probabilities: list[float] | None = None  # P(grade 0..3)
     grade_rule: int | None = None  # transparent Genant threshold rule (20/25/40 %)
     rhlv: dict[str, float] | None = None  # REGIONS -> fraction
+    abnormality_score: float | None = None  # 0-100: surplus volume of the pseudo-healthy body (heights.py)
     heights_mm: dict[str, dict[str, float]] | None = None  # {"original"|"pseudo_healthy": REGIONS -> mm}
     ratios: dict[str, float | None] | None = None  # reference-free: "min_max", "to_neighbours"
     genant_points_lps: dict[str, list[float]] | None = None  # GENANT_POINTS -> [x, y, z] LPS mm
     context: list[dict[str, Any]] = field(default_factory=list)  # neighbours used: level, weight
+    counterfactuals: dict[str, Any] | None = None  # grade -> file, loss, RHLV (simulate.CounterfactualSeries)
     views: VertebraViews | None = None  # not serialised
 
     def to_dict(self) -> dict[str, Any]:
@@ -87,12 +90,26 @@ class VertebraResult:
             "probabilities": self.probabilities,
             "grade_rule": self.grade_rule,
             "rhlv": self.rhlv,
+            "abnormality_score": self.abnormality_score,
             "heights_mm": self.heights_mm,
             "ratios": self.ratios,
             "genant_points_lps": self.genant_points_lps,
+            "ap_profile": _ap_profile(self.views),
             "context": self.context,
+            "counterfactuals": self.counterfactuals,
         }
         return _jsonable(d)
+
+
+def _ap_profile(views: VertebraViews | None) -> dict[str, Any] | None:
+    """The antero-posterior loss profile for ``report.json`` (plots in Slicer), or None."""
+    if views is None:
+        return None
+    return {
+        "position_mm": views.ap_positions_mm,  # from the anterior edge of the body
+        "loss": views.ap_profile,  # fraction; null where no column was measured
+        "third_bounds_mm": views.third_bounds_mm,
+    }
 
 
 @dataclass
@@ -110,6 +127,8 @@ class CaseResult:
     loss_volume: Any = None
     healthy_label_volume: Any = None
     original_body_volume: Any = None
+    counterfactual_volumes: dict[str, Any] | None = None  # file name -> label map, one per grade
+    healthy_ct_volume: Any = None  # engines that synthesize CT (generator): the pseudo-healthy CT
 
     def to_dict(self) -> dict[str, Any]:
         from . import __version__

@@ -16,6 +16,7 @@ from sklearn.svm import SVC
 from HealthiVertLib.errors import HealthiVertError
 from HealthiVertLib.grading import (
     FEATURES,
+    GRADER_FEATURES,
     SVMGrader,
     genant_rule,
     load_default_grader,
@@ -132,7 +133,7 @@ def test_unfitted_and_bad_input() -> None:
     with pytest.raises(HealthiVertError, match="shape"):
         grader.predict([[0.0, 0.0]])
     with pytest.raises(HealthiVertError, match="missing"):
-        grader.predict([[0.0, np.nan, 0.0]])
+        grader.predict([[0.0, np.nan, 0.0, 0.0]])
     with pytest.raises(HealthiVertError, match="middle"):
         grader.grade({"anterior": 0.1, "posterior": 0.0})
     with pytest.raises(HealthiVertError, match="one grade"):
@@ -160,14 +161,18 @@ def test_genant_rule_confidence() -> None:
 
 def test_default_grader() -> None:
     grader = load_default_grader()
-    assert grader.features == list(FEATURES) and list(grader.classes_) == [0, 1, 2, 3]
-    assert "synthetic" in grader.training["data"]["description"]
+    assert grader.features == list(GRADER_FEATURES) and list(grader.classes_) == [0, 1, 2, 3]
+    # fitted on simulated fractures (scripts/fit_default_grader.py), and it says so
+    assert "simulated" in grader.training["data"]["description"]
+    assert "not real graded CTs" in grader.training["data"]["description"]
     assert "command" in grader.training
     normal = grader.grade({"anterior": 0.02, "middle": 0.01, "posterior": 0.0})
     severe = grader.grade({"rhlv_anterior": 0.55, "rhlv_middle": 0.3, "rhlv_posterior": 0.05})
     assert normal[0] == 0 and normal[1] > 0.9
     assert severe[0] == 3 and severe[1] > 0.8
     assert abs(sum(severe[2]) - 1.0) < 1e-9
+    # rhlv_max is derived from the thirds: a 45 % middle-third loss (biconcave) is severe as well
+    assert grader.grade({"anterior": 0.05, "middle": 0.45, "posterior": 0.05})[0] == 3
 
 
 def test_read_real_grade_file() -> None:

@@ -7,12 +7,13 @@ import json
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from conftest import DATA, SAMPLE_CT, SAMPLE_SEG, TPT_SEG, TPT_SUB, compress
+from conftest import DATA, SAMPLE_CT, SAMPLE_SEG, TPT_SEG, TPT_SUB
 
 from HealthiVertLib.errors import HealthiVertError
 from HealthiVertLib.io import load_case
 from HealthiVertLib.pipeline import grade_case
 from HealthiVertLib.results import GRADED, INCOMPLETE, NO_CONTEXT
+from HealthiVertLib.simulate import simulate_fracture
 
 
 def _by_level(result):
@@ -106,8 +107,8 @@ def test_volumes_are_on_the_input_grid(sample_result, sample_seg):
     "kind,loss,region", [("wedge", 0.6, "anterior"), ("biconcave", 0.45, "middle"), ("crush", 0.45, "overall")]
 )
 def test_simulated_fracture_is_measured_and_graded(sample_seg, tmp_path, kind, loss, region):
-    """``loss`` is the peak loss of the profile; the wedge's anterior third loses ~0.75 of it."""
-    broken = compress(sample_seg, 29, kind, loss)  # L3
+    """``loss`` is the RHLV of the affected region (simulate.py); measured here against the context engine."""
+    broken = simulate_fracture(sample_seg, vertebra="L3", kind=kind, loss=loss).seg
     v = _by_level(grade_case(_case_from(broken, tmp_path), ["L3"], volumes=False))["L3"]
     assert v.status == GRADED
     assert v.rhlv[region] > 0.25, v.rhlv
@@ -119,7 +120,7 @@ def test_simulated_fracture_is_measured_and_graded(sample_seg, tmp_path, kind, l
 
 
 def test_fractured_neighbour_is_not_used_as_context(sample_seg, tmp_path):
-    broken = compress(sample_seg, 30, "crush", 0.4)  # L2 crushed
+    broken = simulate_fracture(sample_seg, vertebra="L2", kind="crush", loss=0.4).seg
     v = _by_level(grade_case(_case_from(broken, tmp_path), ["L3"], volumes=False))["L3"]
     used = [c["level"] for c in v.context if "weight" in c]
     rejected = {c["level"]: c["rejected"] for c in v.context if "rejected" in c}

@@ -9,20 +9,18 @@
   file scope, and has the module/parameter node/widget/logic/test classes;
 * the core package never imports slicer, qt or vtk (a future HealthiVertLib/scene.py may import
   slicer and vtk, not qt);
-* the module's command line, progress lines and report reading agree with HealthiVertLib.cli
-  and HealthiVertLib.results (the module's pure helpers are extracted from its source with ast).
+* the module's command line (HealthiVertLib.background) is accepted by HealthiVertLib.cli, every
+  core function the module calls exists, the torch dependency and the sample checksums are right.
 """
 
 from __future__ import annotations
 
 import ast
-import io
 import json
 import re
 import struct
 import sys
 import xml.etree.ElementTree as ET
-from contextlib import redirect_stdout
 from pathlib import Path
 
 import pytest
@@ -492,7 +490,16 @@ def test_ui_widget_types_suit_their_parameters():
         extras = annotation.slice.elts[1:] if annotated else []
         choice = any(isinstance(e, ast.Call) and _name(e.func).endswith("Choice") for e in extras)
         base = _name(annotation.slice.elts[0]) if annotated else _name(annotation)
-        if base.startswith("vtkMRML"):
+        union = isinstance(annotation, ast.Subscript) and _name(annotation.value).endswith("Union")
+        if union:
+            members = [_name(e) for e in annotation.slice.elts if not (isinstance(e, ast.Constant) and e.value is None)]
+            assert len(members) < len(annotation.slice.elts), f"'{parameter}': a Union of nodes needs None as a member"
+            assert all(m.startswith("vtkMRML") for m in members), f"'{parameter}': a Union of MRML node classes only"
+            assert widget_class == "qMRMLNodeComboBox", f"'{name}' ({parameter}: Union) must be a qMRMLNodeComboBox"
+            assert (_property(widget, "nodeTypes") or []) == members, f"'{name}': nodeTypes must be {members}"
+        elif base in _module_enums():
+            assert widget_class == "QComboBox", f"'{name}' ({parameter}: enum {base}) must be a QComboBox"
+        elif base.startswith("vtkMRML"):
             assert widget_class == "qMRMLNodeComboBox", f"'{name}' ({parameter}: {base}) must be a qMRMLNodeComboBox"
             assert base in (_property(widget, "nodeTypes") or []), f"'{name}': nodeTypes must list {base}"
         elif base == "str":
@@ -504,6 +511,27 @@ def test_ui_widget_types_suit_their_parameters():
             assert widget_class in {"QSpinBox", "QSlider"} or choice, f"'{name}' ({parameter}: int)"
         elif base == "float":
             assert widget_class in {"QDoubleSpinBox", "ctkSliderWidget"} or choice, f"'{name}' ({parameter}: float)"
+
+
+def _module_enums() -> dict[str, list[str]]:
+    """The enum.Enum classes of HealthiVert.py and their member names."""
+    enums = {}
+    for node in _module_ast().body:
+        if isinstance(node, ast.ClassDef) and any(_name(b) in ("enum.Enum", "Enum") for b in node.bases):
+            members = [t.id for a in node.body if isinstance(a, ast.Assign) for t in a.targets if isinstance(t, ast.Name)]
+            methods = {f.name for f in node.body if isinstance(f, ast.FunctionDef)}
+            assert "label" in methods, f"enum {node.name} needs a label() with translatable texts for its combo box"
+            enums[node.name] = members
+    return enums
+
+
+def test_every_parameter_is_bound_or_handled_by_the_widget():
+    """Each parameter node field has a widget in the .ui (SlicerParameterName) or is set by the code."""
+    fields = set(_parameter_node_fields())
+    bound = {_property(w, "SlicerParameterName") for w in _ui_widgets().values()} - {None}
+    source = MODULE_PY.read_text(encoding="utf-8")
+    handled = {f for f in fields if re.search(rf"_parameterNode\.{f}\s*=|\bp\.{f}\s*=", source)}
+    assert not fields - bound - handled, f"parameters neither in the .ui nor set by the widget: {sorted(fields - bound - handled)}"
 
 
 def test_widgets_used_by_the_module_exist_in_the_ui():
@@ -578,9 +606,12 @@ def test_module_classes_follow_the_template():
     fields = _parameter_node_fields()
     annotations = {k: ast.unparse(v) for k, v in fields.items()}
     assert annotations["ctVolume"] == "vtkMRMLScalarVolumeNode"
-    assert annotations["labelVolume"] == "vtkMRMLLabelMapVolumeNode"
-    assert annotations["targetLevel"] == "str"
-    assert annotations["engine"].startswith("Annotated[str")
+    # parameterNodeWrapper needs None in a union of node types (slicer/parameterNodeWrapper/util.py)
+    assert annotations["vertebrae"] == "Union[vtkMRMLSegmentationNode, vtkMRMLLabelMapVolumeNode, None]"
+    assert annotations["subregions"] == "Union[vtkMRMLSegmentationNode, vtkMRMLLabelMapVolumeNode, None]"
+    assert annotations["targetPoint"] == "vtkMRMLMarkupsFiducialNode"
+    assert annotations["targetLevel"] == "str" and annotations["engine"] == "str"
+    assert {annotations[k] for k in ("targetMode", "labelNumbering", "device")} == {"TargetMode", "LabelNumbering", "Device"}
 
 
 def test_module_texts_are_translatable_and_cite_the_method():
@@ -633,38 +664,63 @@ def test_all_python_parses_for_the_supported_versions():
 
 # --- the module's contract with HealthiVertLib ----------------------------------------------------
 
-_HELPERS = {"parseLevels", "invalidLevels", "parseProgressLine", "_percent", "reportTableRows"}
-_CONSTANTS = {"CORE_PACKAGE", "PROGRESS_PREFIX", "ENGINES", "GRADE_NAMES", "LEVEL_PATTERN", "TABLE_COLUMNS"}
-_LOGIC_STATICMETHODS = {"gradeCommand"}
 
-
-@pytest.fixture(scope="module")
-def helpers() -> dict:
-    """The module's Slicer-free helpers, extracted from HealthiVert.py's source and executed
-    without Slicer: constants, level/progress parsing, report-to-table rows, the CLI command."""
+def _core_attributes_used() -> dict[str, set[str]]:
+    """``core("scene").x`` / ``scene.x`` uses in HealthiVert.py, per core module."""
+    used: dict[str, set[str]] = {}
+    aliases: dict[str, str] = {}
     tree = _module_ast()
-    stdlib = set(sys.stdlib_module_names)
-    body = []
-    for node in tree.body:
-        if isinstance(node, (ast.Import, ast.ImportFrom)):
-            if all(name in stdlib for name, _ in _file_scope_imports(ast.Module(body=[node], type_ignores=[]))):
-                body.append(node)
-        elif isinstance(node, ast.Assign) and {_name(t) for t in node.targets} & _CONSTANTS:
-            body.append(node)
-        elif isinstance(node, ast.FunctionDef) and node.name in _HELPERS:
-            body.append(node)
-        elif isinstance(node, ast.ClassDef) and node.name == f"{MODULE}Logic":
-            for item in node.body:
-                if isinstance(item, ast.FunctionDef) and item.name in _LOGIC_STATICMETHODS:
-                    assert [_name(d) for d in item.decorator_list] == ["staticmethod"]
-                    item.decorator_list = []
-                    body.append(item)
-    module = ast.fix_missing_locations(ast.Module(body=body, type_ignores=[]))
-    namespace = {"_": lambda text: text}
-    exec(compile(module, str(MODULE_PY), "exec"), namespace)
-    missing = (_HELPERS | _CONSTANTS | _LOGIC_STATICMETHODS) - set(namespace)
-    assert not missing, f"not found in HealthiVert.py: {sorted(missing)}"
-    return namespace
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Assign) and isinstance(node.value, ast.Call) and _name(node.value.func) == "core":
+            for target in node.targets:
+                if isinstance(target, ast.Name):
+                    aliases[target.id] = node.value.args[0].value
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.Attribute):
+            continue
+        value = node.value
+        if isinstance(value, ast.Call) and _name(value.func) == "core":
+            used.setdefault(value.args[0].value, set()).add(node.attr)
+        elif isinstance(value, ast.Name) and value.id in aliases:
+            used.setdefault(aliases[value.id], set()).add(node.attr)
+    return used
+
+
+def test_module_uses_only_existing_core_functions():
+    import importlib
+
+    used = _core_attributes_used()
+    assert {"scene", "background", "engines"} <= set(used), f"the module should use scene, background, engines: {sorted(used)}"
+    for module, names in used.items():
+        if module == "scene":
+            text = (LIB_DIR / "scene.py").read_text(encoding="utf-8")  # imports slicer: checked by its source
+            defined = {n.name for n in ast.parse(text).body if isinstance(n, (ast.FunctionDef, ast.ClassDef))}
+            defined |= {t.id for n in ast.parse(text).body if isinstance(n, (ast.Assign, ast.AnnAssign))
+                        for t in (n.targets if isinstance(n, ast.Assign) else [n.target]) if isinstance(t, ast.Name)}
+        else:
+            defined = set(dir(importlib.import_module(f"{LIB}.{module}")))
+        assert not names - defined, f"HealthiVert.py uses {LIB}.{module}.{sorted(names - defined)}, which do not exist"
+
+
+def test_module_command_line_is_accepted_by_the_cli(tmp_path):
+    from HealthiVertLib import background
+
+    cli, parser, grade = _grade_parser()
+    command = background.grade_command(
+        str(tmp_path / "seg.nii.gz"), str(tmp_path / "out"), str(tmp_path / "ct.nii.gz"), "t12, L1",
+        "context", "verse", "Case 1", False, str(tmp_path / "sub.nii.gz"),
+    )  # fmt: skip
+    assert command[:2] == ["-m", f"{LIB}.cli"]
+    args = parser.parse_args(command[2:])
+    assert args.func is grade.get_default("func")
+    assert args.vertebra == ["T12", "L1"] and not args.all
+    assert args.ct.endswith("ct.nii.gz") and args.seg.endswith("seg.nii.gz") and args.out.endswith("out")
+    assert args.subregions.endswith("sub.nii.gz")
+    options = (args.engine, args.labels, args.name, args.no_figures, args.progress)
+    assert options == ("context", "verse", "Case 1", True, "lines")
+    everything = parser.parse_args(background.grade_command("seg.nii.gz", "out")[2:])
+    assert everything.all and everything.vertebra is None and everything.ct is None and not everything.no_figures
+    assert {"--seg", "--ct", "--subregions", "--vertebra", "--all", "--labels", "--engine"} <= background.grade_options()
 
 
 def _grade_parser():
@@ -675,76 +731,51 @@ def _grade_parser():
     return cli, parser, subparsers.choices["grade"]
 
 
-def test_module_command_line_is_accepted_by_the_cli(helpers, tmp_path):
-    cli, parser, grade = _grade_parser()
-    command = helpers["gradeCommand"](
-        str(tmp_path / "seg.nii.gz"), str(tmp_path / "out"), str(tmp_path / "ct.nii.gz"), "t12, L1",
-        "context", "verse", "Case 1", False,
-    )  # fmt: skip
-    assert command[:2] == ["-m", f"{helpers['CORE_PACKAGE']}.cli"]
-    args = parser.parse_args(command[2:])
-    assert args.func is grade.get_default("func")
-    assert args.vertebra == ["T12", "L1"] and not args.all
-    assert args.ct.endswith("ct.nii.gz") and args.seg.endswith("seg.nii.gz") and args.out.endswith("out")
-    options = (args.engine, args.labels, args.name, args.no_figures, args.progress)
-    assert options == ("context", "verse", "Case 1", True, "lines")
+def test_engines_offered_by_the_module_are_accepted_by_the_cli():
+    from HealthiVertLib import background, engines
 
-    everything = parser.parse_args(helpers["gradeCommand"]("seg.nii.gz", "out")[2:])
-    assert everything.all and everything.vertebra is None and everything.ct is None and not everything.no_figures
-
-
-def test_module_engines_and_progress_prefix_match_the_cli(helpers):
-    cli, _, grade = _grade_parser()
+    _, _, grade = _grade_parser()
     engine = next(a for a in grade._actions if "--engine" in a.option_strings)
-    assert list(helpers["ENGINES"]) == list(engine.choices)
-    assert helpers["PROGRESS_PREFIX"] == cli.PROGRESS_PREFIX
+    assert set(engines.ENGINES) <= set(engine.choices), "every engine of HealthiVertLib.engines must be a --engine choice"
+    assert background.PROGRESS_PREFIX == __import__("HealthiVertLib.cli", fromlist=["x"]).PROGRESS_PREFIX
 
 
-def test_module_parses_the_cli_progress_lines(helpers):
-    from HealthiVertLib import cli
+def test_torch_dependency_is_declared_when_an_engine_needs_it():
+    """EXTENSION_DEPENDS PyTorch exactly when the core has a network engine (the generator package)."""
+    from HealthiVertLib import engines
 
-    report, close = cli.make_progress("lines")
-    buffer = io.StringIO()
-    with redirect_stdout(buffer):
-        report(0.0, "reading inputs")
-        report(0.425, "L1: measuring")
-        report(1.0, "done")
-        close()
-    parsed = [helpers["parseProgressLine"](line) for line in buffer.getvalue().splitlines()]
-    assert parsed == [(0.0, "reading inputs"), (42.0, "L1: measuring"), (100.0, "done")]
-    assert helpers["parseProgressLine"]("healthivert: error: T3 is not in the label map") is None
-    assert helpers["parseProgressLine"]("HEALTHIVERT_PROGRESS nan x") is None
-
-
-def test_module_level_rules_match_the_core(helpers):
-    from HealthiVertLib import grading, labels
-
-    assert tuple(helpers["GRADE_NAMES"]) == tuple(grading.GRADE_NAMES)
-    matched = {level for level in labels.LEVELS if helpers["LEVEL_PATTERN"].match(level)}
-    assert matched == set(labels.GRADABLE_LEVELS)
-    assert helpers["parseLevels"](" t12, l1;L1 ") == ["T12", "L1"]
-    assert helpers["invalidLevels"]("L1 C3 X9") == ["C3", "X9"]
-
-
-def test_module_reads_the_report_schema(helpers):
-    from HealthiVertLib.results import CaseResult, VertebraResult
-
-    graded = VertebraResult(
-        level="L1", label=20, grade=2, confidence=0.8,
-        rhlv={"anterior": 0.31, "middle": 0.2, "posterior": 0.05, "overall": 0.18},
-    )  # fmt: skip
-    skipped = VertebraResult(level="T12", label=19, status="incomplete", reason="cut by the field of view")
-    case = CaseResult(
-        case="c", engine="context", grader="svm", label_scheme="verse", vertebrae=[skipped, graded], inputs={}
+    tree = _module_ast()
+    torch_engines = next(
+        ast.literal_eval(n.value) for n in tree.body if isinstance(n, ast.Assign) and _name(n.targets[0]) == "TORCH_ENGINES"
     )
-    report = json.loads(json.dumps(case.to_dict()))
-    rows = helpers["reportTableRows"](report)
-    columns = [c[0] for c in helpers["TABLE_COLUMNS"]]
-    assert all(list(row) == columns for row in rows), "reportTableRows keys must match TABLE_COLUMNS"
-    assert [r["Level"] for r in rows] == ["T12", "L1"]
-    assert rows[1]["Grade"] == "2 (moderate)" and rows[1]["RHLV anterior"] == pytest.approx(31.0)
-    assert rows[1]["Confidence"] == pytest.approx(80.0)
-    assert rows[0]["Grade"] == "" and rows[0]["Status"] == "incomplete" and rows[0]["Reason"]
-    assert all(r != r for r in (rows[0]["RHLV anterior"], rows[0]["Confidence"]))  # NaN when missing
-    for name, is_string, _unit, _description in helpers["TABLE_COLUMNS"]:
-        assert all(isinstance(r[name], str if is_string else float) for r in rows), name
+    needs_torch = bool(set(engines.ENGINES) & set(torch_engines)) or (LIB_DIR / "generator" / "__init__.py").is_file()
+    depends = _top_cmake()["EXTENSION_DEPENDS"].split()
+    assert ("PyTorch" in depends) == needs_torch, (
+        "EXTENSION_DEPENDS (and .s4ext depends, .json build_dependencies) must name PyTorch exactly when an "
+        "engine needs torch"
+    )
+
+
+def test_module_level_rules_match_the_core():
+    from HealthiVertLib import background, grading, labels
+
+    scene_tree = ast.parse((LIB_DIR / "scene.py").read_text(encoding="utf-8"))  # scene.py imports slicer
+    GRADE_NAMES = next(
+        ast.literal_eval(n.value) for n in scene_tree.body if isinstance(n, ast.Assign) and _name(n.targets[0]) == "GRADE_NAMES"
+    )
+    matched = {level for level in labels.LEVELS if background.LEVEL_PATTERN.match(level)}
+    assert matched == set(labels.GRADABLE_LEVELS)
+    assert background.parse_levels(" t12, l1;L1 ") == ["T12", "L1"]
+    assert background.invalid_levels("L1 C3 X9") == ["C3", "X9"]
+    assert tuple(GRADE_NAMES) == tuple(grading.GRADE_NAMES)
+
+
+def test_sample_data_checksums_match_the_bundled_files():
+    import hashlib
+
+    tree = _module_ast()
+    checksums = next(
+        ast.literal_eval(n.value) for n in tree.body if isinstance(n, ast.Assign) and _name(n.targets[0]) == "SAMPLE_SHA256"
+    )
+    for name, digest in checksums.items():
+        assert hashlib.sha256((LIB_DIR / "data" / "sample" / name).read_bytes()).hexdigest() == digest, name
