@@ -363,8 +363,6 @@ def _sagittal_legend(ax, has_points: bool) -> None:
 
 def sagittal_figure(v: VertebraResult) -> bytes:
     """Mid-sagittal view: CT, original body (filled), pseudo-healthy outline, Genant points."""
-    from matplotlib.colors import ListedColormap
-
     views = v.views
     orig = np.asarray(views.sagittal_original, bool)
     healthy = np.asarray(views.sagittal_healthy, bool)
@@ -377,9 +375,7 @@ def sagittal_figure(v: VertebraResult) -> bytes:
 
     fig = _new_figure((5.6, 6.0))
     ax = fig.add_subplot()
-    has_ct = _sagittal_background(ax, views, extent)
-    ax.imshow(np.ma.masked_where(~orig, orig.astype(float)), cmap=ListedColormap([COLOUR_ORIGINAL]),
-              alpha=0.35 if has_ct else 0.45, extent=extent, origin="upper", interpolation="nearest", zorder=2)
+    _actual_body(ax, views, orig, extent)
     if orig.any():
         ax.contour(np.arange(n_cols), y_of(np.arange(n_rows)), orig.astype(float), levels=[0.5],
                    colors=[COLOUR_ORIGINAL], linewidths=0.9, zorder=3)
@@ -400,10 +396,18 @@ def sagittal_figure(v: VertebraResult) -> bytes:
     return _png_bytes(fig)
 
 
+def _actual_body(ax: Any, views: Any, orig: np.ndarray, extent: tuple[float, ...]) -> None:
+    """The sagittal CT (when there is one) with the actual body filled over it."""
+    from matplotlib.colors import ListedColormap
+
+    has_ct = _sagittal_background(ax, views, extent)
+    ax.imshow(np.ma.masked_where(~orig, orig.astype(float)), cmap=ListedColormap([COLOUR_ORIGINAL]),
+              alpha=0.35 if has_ct else 0.45, extent=extent, origin="upper", interpolation="nearest", zorder=2)
+
+
 def counterfactual_figure(v: VertebraResult) -> bytes:
     """Mid-sagittal outlines of the vertebra as it would look at grade 0-3 over the actual body."""
     from matplotlib import colormaps
-    from matplotlib.colors import ListedColormap
     from matplotlib.lines import Line2D
     from matplotlib.patches import Patch
 
@@ -413,9 +417,7 @@ def counterfactual_figure(v: VertebraResult) -> bytes:
     extent = (-0.5, n_cols - 0.5, -0.5, n_rows - 0.5)
     fig = _new_figure((6.0, 7.0))
     ax = fig.add_subplot()
-    has_ct = _sagittal_background(ax, views, extent)
-    ax.imshow(np.ma.masked_where(~orig, orig.astype(float)), cmap=ListedColormap([COLOUR_ORIGINAL]),
-              alpha=0.35 if has_ct else 0.45, extent=extent, origin="upper", interpolation="nearest", zorder=2)
+    _actual_body(ax, views, orig, extent)
     colours = colormaps["plasma"](np.linspace(0.0, 0.8, 4))
     series = (v.counterfactuals or {}).get("grades", {})
     handles = [Patch(color=COLOUR_ORIGINAL, alpha=0.45, label="actual body")]
