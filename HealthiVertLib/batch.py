@@ -18,6 +18,7 @@ IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha")
 LABEL_MARKERS = ("_seg", "_msk", "-seg", "_label", "_labels")
 CT_MARKERS = ("_ct", "-ct", "_image", "_0000")
 CASE_COLUMNS = ("case", "status", "graded", "seconds", "error")
+_ENGINES: dict[tuple, object] = {}  # per process: an engine is built (its weights loaded) once, not per case
 
 
 @dataclass(frozen=True)
@@ -110,7 +111,11 @@ def _run_case(case: BatchCase, out_dir: str, options: dict) -> dict:
     try:
         loaded = load_case(case.seg, case.ct, case.subregions, labels=options["labels"], name=case.name)
         grader = SVMGrader.load(options["grader"]) if options["grader"] else None
-        engine = get_engine(options["engine"], **options.get("engine_options", {}))
+        engine_options = options.get("engine_options", {})
+        key = (options["engine"], tuple(sorted(engine_options.items())))
+        if key not in _ENGINES:
+            _ENGINES[key] = get_engine(options["engine"], **engine_options)
+        engine = _ENGINES[key]
         result = grade_case(loaded, options["vertebrae"], engine=engine, grader=grader,
                             grader_name=f"SVM from {Path(options['grader']).name}" if grader else None)
         write_outputs(result, target, figures=options["figures"])
