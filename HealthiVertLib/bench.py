@@ -211,11 +211,6 @@ def measure_peak_mib(name: str, estimator: Any, case: Case, levels: Sequence[str
 # ------------------------------------------------------------------------------------ truth
 
 
-def genant_grade(rhlv: dict[str, float]) -> int:
-    """Genant grade of the largest third's loss (the simulator's truth uses the same rule)."""
-    return genant_rule({t: rhlv[t] for t in THIRDS})[0]
-
-
 def own_truths(case: Case, levels: Sequence[str]) -> dict[str, Truth]:
     """Truth of unfractured vertebrae: their own heights, no loss, grade 0 (whole vertebrae only)."""
     from .pipeline import _Bodies, resolve_targets, spine_levels

@@ -15,7 +15,6 @@ from sklearn.svm import SVC
 
 from HealthiVertLib.errors import HealthiVertError
 from HealthiVertLib.grading import (
-    FEATURES,
     GRADER_FEATURES,
     SVMGrader,
     genant_rule,
