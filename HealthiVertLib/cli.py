@@ -388,10 +388,10 @@ def _fracture_requests(args: argparse.Namespace) -> list[tuple[str, str, float]]
     for spec in args.fracture:
         parts = spec.split(":")
         try:
-            requests.append((parts[0], parts[1], float(parts[2])))
             if len(parts) != 3:
                 raise ValueError
-        except (IndexError, ValueError):
+            requests.append((parts[0], parts[1], float(parts[2])))
+        except ValueError:
             raise HealthiVertError(f"--fracture '{spec}' is not LEVEL:TYPE:LOSS (e.g. L2:wedge:0.3).") from None
     if not requests:
         raise HealthiVertError("No fracture requested: give --vertebra L2 --type wedge --loss 0.3 or --fracture L2:wedge:0.3.")
@@ -457,6 +457,13 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_slice_options(p: argparse.ArgumentParser, same_as: str = "") -> None:
+    """--size and --spacing of the training slices; the generator and the HGAM classifier must agree."""
+    p.add_argument("--size", type=int, nargs=2, default=[96, 64], metavar=("ROWS", "COLS"),
+                   help=f"slice size in pixels{same_as} (default 96 64).")
+    p.add_argument("--spacing", type=float, default=1.5, help=f"pixel spacing in mm{same_as} (default 1.5).")
+
+
 def _add_train_generator(sub) -> None:
     p = sub.add_parser("train-generator", help="train the HealthiVert-GAN generator (PyTorch)",
                        description="Train the pseudo-healthy generator on healthy vertebrae of procedural phantoms "
@@ -488,9 +495,7 @@ def _add_train_generator(sub) -> None:
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0).")
     p.add_argument("--ngf", type=int, default=8, help="generator width (reference 16; default 8).")
     p.add_argument("--ndf", type=int, default=16, help="discriminator width (reference 64; default 16).")
-    p.add_argument("--size", type=int, nargs=2, default=[96, 64], metavar=("ROWS", "COLS"),
-                   help="slice size in pixels (default 96 64).")
-    p.add_argument("--spacing", type=float, default=1.5, help="pixel spacing in mm (default 1.5).")
+    _add_slice_options(p)
     p.add_argument("--threads", type=int, default=None, help="CPU threads per process (default: PyTorch's).")
     p.add_argument("--time-limit", type=float, default=None, metavar="MIN",
                    help="stop after MIN minutes of training (checkpoint and weights are written; the model card "
@@ -536,9 +541,7 @@ def _add_train_hgam(sub) -> None:
     p.add_argument("--epochs", type=int, default=12, help="training epochs (default 12).")
     p.add_argument("--batch-size", type=int, default=32, help="slices per step (default 32).")
     p.add_argument("--lr", type=float, default=2e-3, help="Adam learning rate (default 2e-3).")
-    p.add_argument("--size", type=int, nargs=2, default=[96, 64], metavar=("ROWS", "COLS"),
-                   help="slice size in pixels, as the generator's (default 96 64).")
-    p.add_argument("--spacing", type=float, default=1.5, help="pixel spacing in mm, as the generator's (default 1.5).")
+    _add_slice_options(p, same_as=", as the generator's")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0).")
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: PyTorch's).")
     p.add_argument("--progress", default="bar", choices=["bar", "none"], help="progress display.")
