@@ -30,6 +30,7 @@ from scipy import ndimage
 
 from .body import CENTRAL_SLAB, Footprint, VertebralBody
 from .results import GENANT_POINTS
+from .straighten import Block
 
 THIRDS = ("anterior", "middle", "posterior")
 POINT_POSITIONS = {"anterior": 0.1, "middle": 0.5, "posterior": 0.9}  # fraction of AP depth
@@ -61,15 +62,8 @@ def measure(original: VertebralBody, healthy_occupancy: np.ndarray) -> HeightMea
     block = original.block
     h_ori = original.heights()
     h_syn = healthy_occupancy.sum(axis=0) * block.spacing
-    a, b = fp.normalise(block.axis(1)[:, None], block.axis(2)[None, :])
-    a = np.broadcast_to(a, h_ori.shape)
-    selected = _selected_columns(h_syn, b)
-    regions = {
-        "anterior": selected & (a < 1 / 3),
-        "middle": selected & (a >= 1 / 3) & (a < 2 / 3),
-        "posterior": selected & (a >= 2 / 3),
-        "overall": selected,
-    }
+    regions = column_regions(h_syn, fp, block)
+    selected = regions["overall"]
     ori = {k: _mean(h_ori, m) for k, m in regions.items()}
     syn = {k: _mean(h_syn, m) for k, m in regions.items()}
     rhlv = {k: (syn[k] - ori[k]) / syn[k] if syn[k] > 0 else float("nan") for k in regions}
@@ -103,6 +97,19 @@ def abnormality_score(h_original: np.ndarray, h_healthy: np.ndarray) -> float:
         return float("nan")
     surplus = float(np.maximum(h_healthy[inside] - h_original[inside], 0.0).sum())
     return 100.0 * surplus / total
+
+
+def column_regions(h_healthy: np.ndarray, footprint: Footprint, block: Block) -> dict[str, np.ndarray]:
+    """Column masks (U, V) of the thirds and "overall", selected on the pseudo-healthy heights (mm)."""
+    a, b = footprint.normalise(block.axis(1)[:, None], block.axis(2)[None, :])
+    a = np.broadcast_to(a, h_healthy.shape)
+    selected = _selected_columns(h_healthy, b)
+    return {
+        "anterior": selected & (a < 1 / 3),
+        "middle": selected & (a >= 1 / 3) & (a < 2 / 3),
+        "posterior": selected & (a >= 2 / 3),
+        "overall": selected,
+    }
 
 
 def _selected_columns(h_syn: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -53,6 +53,12 @@ def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
         tmp.write_bytes(data)
 
 
+def write_image_atomic(image: sitk.Image, path: str | os.PathLike) -> None:
+    """Write ``image`` to ``path`` (format from the suffix, compressed) atomically."""
+    with atomic_output(path) as tmp:
+        sitk.WriteImage(image, str(tmp), useCompression=True)
+
+
 # --- reading images -------------------------------------------------------------------------
 
 _INTEGER_TYPES = {

@@ -746,13 +746,6 @@ def _fracture_plan(rng: np.random.Generator, levels: list[str], count: tuple[int
     return plan
 
 
-def _write_image(image: sitk.Image, path: Path) -> None:
-    from .io import atomic_output
-
-    with atomic_output(path) as tmp:
-        sitk.WriteImage(image, str(tmp), useCompression=True)
-
-
 def _json(data: Any) -> str:
     return json.dumps(data, indent=1, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o)) + "\n"
 
@@ -788,7 +781,7 @@ def write_dataset(
     :data:`LOSS_BINS`; the grade recorded is the Genant grade of the RHLV the simulator measured
     against the exact pre-fracture body. The same arguments give the same dataset.
     """
-    from .io import write_text_atomic
+    from .io import write_image_atomic, write_text_atomic
 
     if int(n) < 1:
         raise HealthiVertError(f"The number of phantom cases must be at least 1 (got {n}).")
@@ -841,9 +834,9 @@ def write_dataset(
             "seg": Path("derivatives") / case / f"{case}_seg-vert_msk.nii.gz",
             "subregions": Path("derivatives") / case / f"{case}_seg-subreg_msk.nii.gz",
         }
-        _write_image(ct, out / paths["ct"])
-        _write_image(seg, out / paths["seg"])
-        _write_image(body, out / paths["subregions"])
+        write_image_atomic(ct, out / paths["ct"])
+        write_image_atomic(seg, out / paths["seg"])
+        write_image_atomic(body, out / paths["subregions"])
         truth = {
             "format": "healthivert-phantom-case/1",
             "case": case,

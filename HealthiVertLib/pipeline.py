@@ -32,7 +32,7 @@ from .results import (
     VertebraViews,
 )
 from .simulate import CounterfactualSeries
-from .straighten import LocalFrame, SpineCurve, array_ijk, block_to_index_affine
+from .straighten import LocalFrame, SpineCurve, array_ijk, block_resampler, block_to_index_affine
 
 Progress = Callable[[float, str], None]
 FRAGMENT_MM3 = 2000.0  # smaller label pieces are fragments, not vertebrae
@@ -330,32 +330,18 @@ class _VolumeWriter:
         self.healthy_ct: np.ndarray | None = None  # the input CT with pseudo-healthy vertebrae pasted in
 
     def add(self, label: int, body: VertebralBody, healthy: np.ndarray, loss_map: np.ndarray) -> None:
-        block = body.block
-        matrix, offset = block_to_index_affine(self.seg, body.frame, block)
-        inv = np.linalg.inv(matrix)
-        lo, hi = self._index_box(matrix, offset, block.shape)
-        size = tuple(int(x) for x in hi - lo)
-        if min(size) <= 0:
+        grid = block_resampler(self.seg, body.frame, body.block)
+        if grid is None:
             return
-        back = lambda arr, order: ndimage.affine_transform(  # noqa: E731
-            arr, inv, inv @ (lo - offset), output_shape=size, order=order, cval=0.0
-        )
+        lo, hi, back = grid
         ori = back(body.occupancy, 1) >= 0.5
         syn = back(healthy, 1) >= 0.5
-        loss3d = np.broadcast_to(np.nan_to_num(loss_map, nan=0.0)[None], block.shape).astype(np.float32)
+        loss3d = np.broadcast_to(np.nan_to_num(loss_map, nan=0.0)[None], body.block.shape).astype(np.float32)
         loss = back(loss3d, 0)
         view = lambda arr: arr.transpose(2, 1, 0)[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]]  # noqa: E731
         view(self.original)[ori] = label
         view(self.healthy)[syn] = label
         view(self.loss)[ori] = loss[ori]
-
-    def _index_box(self, matrix: np.ndarray, offset: np.ndarray, shape) -> tuple[np.ndarray, np.ndarray]:
-        corners = np.array([[i, j, k] for i in (0, shape[0]) for j in (0, shape[1]) for k in (0, shape[2])], float)
-        idx = corners @ matrix.T + offset
-        size = np.array(self.seg.GetSize())
-        lo = np.clip(np.floor(idx.min(axis=0)).astype(int), 0, size)
-        hi = np.clip(np.ceil(idx.max(axis=0)).astype(int) + 1, 0, size)
-        return lo, hi
 
     def images(self) -> tuple[sitk.Image, sitk.Image, sitk.Image]:
         out = []
@@ -369,16 +355,11 @@ class _VolumeWriter:
         """Paste a pseudo-healthy CT (HU on the body's block; NaN = not synthesized) into a copy of the CT."""
         if self.healthy_ct is None:
             self.healthy_ct = sitk.GetArrayFromImage(ct).astype(np.float32)
-        matrix, offset = block_to_index_affine(self.seg, body.frame, body.block)
-        inv = np.linalg.inv(matrix)
-        lo, hi = self._index_box(matrix, offset, body.block.shape)
-        size = tuple(int(x) for x in hi - lo)
-        if min(size) <= 0:
+        grid = block_resampler(self.seg, body.frame, body.block)
+        if grid is None:
             return
+        lo, hi, back = grid
         covered = np.isfinite(ct_block)
-        back = lambda arr: ndimage.affine_transform(  # noqa: E731
-            arr, inv, inv @ (lo - offset), output_shape=size, order=1, cval=0.0
-        )
         weight = back(covered.astype(np.float32)).transpose(2, 1, 0)
         values = back(np.where(covered, ct_block, 0.0).astype(np.float32)).transpose(2, 1, 0)
         view = self.healthy_ct[lo[2] : hi[2], lo[1] : hi[1], lo[0] : hi[0]]

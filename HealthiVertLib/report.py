@@ -18,7 +18,7 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from .io import atomic_output, write_bytes_atomic, write_text_atomic
+from .io import write_bytes_atomic, write_image_atomic, write_text_atomic
 from .results import (
     GENANT_POINTS,
     GRADED,
@@ -211,8 +211,7 @@ def _write_volume(img: Any, path: Path, pixel: str) -> None:
     ptype = sitk.sitkFloat32 if pixel == "float32" else sitk.sitkUInt16
     if img.GetPixelID() != ptype:
         img = sitk.Cast(img, ptype)
-    with atomic_output(path) as tmp:
-        sitk.WriteImage(img, str(tmp), useCompression=True)
+    write_image_atomic(img, path)
 
 
 def _write_volumes(result: CaseResult, out_dir: Path) -> dict[str, Path]:

@@ -68,9 +68,9 @@ from .body import Footprint, VertebralBody, _footprint, extract_body
 from .engines import build_body
 from .errors import HealthiVertError
 from .grading import genant_rule
-from .heights import THIRDS, _selected_columns, measure
-from .io import Case, atomic_output, check_same_grid, label_centroids, write_text_atomic
-from .straighten import Block, LocalFrame, array_ijk, block_to_index_affine
+from .heights import THIRDS, column_regions, measure
+from .io import Case, check_same_grid, label_centroids, write_image_atomic, write_text_atomic
+from .straighten import Block, LocalFrame, array_ijk, block_resampler, block_to_index_affine, index_box
 
 FRACTURE_TYPES = ("wedge", "biconcave", "crush")
 AFFECTED_REGION = {"wedge": "anterior", "biconcave": "middle", "crush": "overall"}
@@ -296,19 +296,6 @@ def _first_amplitude(kind: str, cols: _Columns, pre_heights: np.ndarray, region:
     return loss / max(mean, 1e-6)
 
 
-def _regions(h_pre: np.ndarray, footprint: Footprint, block: Block) -> dict[str, np.ndarray]:
-    """heights.measure's column regions, selected on the pre-fracture heights."""
-    a, b = footprint.normalise(block.axis(1)[:, None], block.axis(2)[None, :])
-    a = np.broadcast_to(a, h_pre.shape)
-    selected = _selected_columns(h_pre, b)
-    return {
-        "anterior": selected & (a < 1 / 3),
-        "middle": selected & (a >= 1 / 3) & (a < 2 / 3),
-        "posterior": selected & (a >= 2 / 3),
-        "overall": selected,
-    }
-
-
 def _calibrate(kind: str, loss: float, cols: _Columns, block: Block, h_ref: np.ndarray, fp: Footprint, measure_rhlv):
     """Amplitude and field whose measured RHLV (``measure_rhlv(field) -> dict``) matches ``loss``.
 
@@ -316,7 +303,7 @@ def _calibrate(kind: str, loss: float, cols: _Columns, block: Block, h_ref: np.n
     measured loss grows in small steps with the amplitude, as whole voxel layers change label.
     """
     region = AFFECTED_REGION[kind]
-    amp = _first_amplitude(kind, cols, h_ref, _regions(h_ref, fp, block)[region], loss)
+    amp = _first_amplitude(kind, cols, h_ref, column_regions(h_ref, fp, block)[region], loss)
     lo, hi = (0.0, 0.0), (math.inf, math.inf)  # (amplitude, measured) below / above the target
     history = []
     for _ in range(CALIBRATION_STEPS):
@@ -347,15 +334,6 @@ def _calibrate(kind: str, loss: float, cols: _Columns, block: Block, h_ref: np.n
 # ---------------------------------------------------------------------------------- the input grid
 
 
-def _index_box(image: sitk.Image, matrix: np.ndarray, offset: np.ndarray, shape) -> tuple[np.ndarray, np.ndarray]:
-    corners = np.array([[i, j, k] for i in (0, shape[0]) for j in (0, shape[1]) for k in (0, shape[2])], float)
-    idx = corners @ matrix.T + offset
-    size = np.array(image.GetSize())
-    lo = np.clip(np.floor(idx.min(axis=0)).astype(int), 0, size)
-    hi = np.clip(np.ceil(idx.max(axis=0)).astype(int) + 1, 0, size)
-    return lo, hi
-
-
 def _moving_box(field: _Field, image: sitk.Image, matrix: np.ndarray, offset: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Index box of the input grid around the part of the block that can move."""
     moving = field.travel > 1e-6
@@ -369,11 +347,7 @@ def _moving_box(field: _Field, image: sitk.Image, matrix: np.ndarray, offset: np
     rows, colv = np.flatnonzero(moving.any(axis=1)), np.flatnonzero(moving.any(axis=0))
     lo_b = np.array([k0, max(rows[0] - 1, 0), max(colv[0] - 1, 0)], float)
     hi_b = np.array([k1 + 1, rows[-1] + 2, colv[-1] + 2], float)
-    corners = np.array([[a, b, c] for a in (lo_b[0], hi_b[0]) for b in (lo_b[1], hi_b[1]) for c in (lo_b[2], hi_b[2])])
-    idx = corners @ matrix.T + offset
-    size = np.array(image.GetSize())
-    return (np.clip(np.floor(idx.min(axis=0)).astype(int), 0, size),
-            np.clip(np.ceil(idx.max(axis=0)).astype(int) + 1, 0, size))
+    return index_box(image, matrix, offset, lo_b, hi_b)
 
 
 @dataclass
@@ -660,8 +634,7 @@ def write_simulated(case: SimulatedCase, out_dir: str | os.PathLike) -> None:
     out.mkdir(parents=True, exist_ok=True)
     for name, image in (("seg.nii.gz", case.seg), ("ct.nii.gz", case.ct), ("body.nii.gz", case.body)):
         if image is not None:
-            with atomic_output(out / name) as tmp:
-                sitk.WriteImage(image, str(tmp), useCompression=True)
+            write_image_atomic(image, out / name)
     text = json.dumps(case.truth, indent=1)
     text = re.sub(r"\[\s*([-0-9.eE,\s]+?)\s*\]", lambda m: "[" + ", ".join(re.split(r",\s*", m.group(1))) + "]", text)
     write_text_atomic(out / "truth.json", text + "\n")
@@ -750,14 +723,11 @@ class CounterfactualSeries:
         return {"kind": kind, "affected_region": AFFECTED_REGION[kind], "grades": grades}
 
     def _paint(self, array: np.ndarray, label: int, body: VertebralBody, occ: np.ndarray) -> None:
-        block = body.block
-        matrix, offset = block_to_index_affine(self.seg, body.frame, block)
-        inv = np.linalg.inv(matrix)
-        lo, hi = _index_box(self.seg, matrix, offset, block.shape)
-        size = tuple(int(x) for x in hi - lo)
-        if min(size) <= 0:
+        grid = block_resampler(self.seg, body.frame, body.block)
+        if grid is None:
             return
-        mask = ndimage.affine_transform(occ, inv, inv @ (lo - offset), output_shape=size, order=1, cval=0.0) >= 0.5
+        lo, hi, back = grid
+        mask = back(occ) >= 0.5
         view = array.transpose(2, 1, 0)[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]]
         view[mask] = label
 

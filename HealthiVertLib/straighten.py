@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import SimpleITK as sitk
-from scipy import interpolate
+from scipy import interpolate, ndimage
 
 from .errors import HealthiVertError
 
@@ -224,6 +224,32 @@ def block_to_index_affine(image: sitk.Image, frame: LocalFrame, block: Block) ->
     a, b = world_to_index_affine(image)
     matrix = block.spacing * a @ frame.axes.T
     return matrix, a @ frame.to_world(np.asarray(block.start, dtype=float)) + b
+
+
+def index_box(image: sitk.Image, matrix: np.ndarray, offset: np.ndarray, lo, hi) -> tuple[np.ndarray, np.ndarray]:
+    """ITK index box [lo, hi) of ``image`` (clipped to it) that covers the block-index box [lo, hi]
+    mapped by ``(matrix, offset)`` of ``block_to_index_affine``."""
+    corners = np.array([[a, b, c] for a in (lo[0], hi[0]) for b in (lo[1], hi[1]) for c in (lo[2], hi[2])], float)
+    idx = corners @ matrix.T + offset
+    size = np.array(image.GetSize())
+    return (np.clip(np.floor(idx.min(axis=0)).astype(int), 0, size),
+            np.clip(np.ceil(idx.max(axis=0)).astype(int) + 1, 0, size))
+
+
+def block_resampler(image: sitk.Image, frame: LocalFrame, block: Block):
+    """``(lo, hi, back)``: the ITK index box of ``image`` around ``block`` and ``back(arr, order=1)``,
+    which resamples an array on the block into that box (ijk order); None when the box is empty."""
+    matrix, offset = block_to_index_affine(image, frame, block)
+    inv = np.linalg.inv(matrix)
+    lo, hi = index_box(image, matrix, offset, (0, 0, 0), block.shape)
+    size = tuple(int(x) for x in hi - lo)
+    if min(size) <= 0:
+        return None
+
+    def back(arr: np.ndarray, order: int = 1) -> np.ndarray:
+        return ndimage.affine_transform(arr, inv, inv @ (lo - offset), output_shape=size, order=order, cval=0.0)
+
+    return lo, hi, back
 
 
 def array_ijk(image: sitk.Image) -> np.ndarray:
