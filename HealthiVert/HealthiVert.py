@@ -756,9 +756,8 @@ class HealthiVertLogic(ScriptedLoadableModuleLogic):
             if engine in TORCH_ENGINES and "--device" in options:
                 extra += ["--device", device.value]
             checkpoint = self.userCheckpoint()
-            weightsOption = next((o for o in ("--weights", "--checkpoint") if o in options), None)
-            if engine in TORCH_ENGINES and checkpoint and weightsOption:
-                extra += [weightsOption, checkpoint]
+            if engine in TORCH_ENGINES and checkpoint and "--weights" in options:
+                extra += ["--weights", checkpoint]
             figures = self.figuresAvailable()
             command = [self.pythonExecutable()] + background.grade_command(
                 paths["seg"], outDir, paths["ct"], targets, engine, scheme, referenceNode.GetName(), figures,
