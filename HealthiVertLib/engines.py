@@ -21,7 +21,8 @@ from .body import VertebralBody
 
 MAX_LEVEL_DISTANCE = 3.0  # use neighbours at most three levels away
 SUSPECT_MIN_MAX = 0.80  # within-body min/max height ratio below which a neighbour looks fractured
-SUSPECT_RELATIVE = 0.85  # mean height below this fraction of the other neighbours' median
+SUSPECT_RELATIVE = 0.85  # mean height below this fraction of what the other neighbours' trend expects there
+MAX_LEVEL_TREND = 0.03  # caudal growth bound of that expectation: fraction of the median height per level
 TREND_CLAMP = (0.92, 1.08)  # bounds of the one-sided level-trend factor
 INTACT_LOSS = 0.10  # columns losing less than this anchor the pseudo-healthy body's mid-plane
 
@@ -65,10 +66,11 @@ class ContextEngine:
     """Expected healthy height map of the target from its nearest usable neighbours.
 
     A neighbour is unusable when it is cut by the field of view, more than three levels away, or
-    looks fractured itself (within-body min/max height ratio < 0.8, or mean height < 85 % of the
-    other candidates' median). With usable neighbours on both sides the maps are interpolated
-    linearly at the target's level; with one side only, the nearest map is scaled by the level
-    trend of that side (bounded to +-8 %). The result is never shorter than the current column.
+    looks fractured itself (within-body min/max height ratio < 0.8, or mean height < 85 % of what
+    the other candidates' level trend expects at its level). With usable neighbours on both sides
+    the maps are interpolated linearly at the target's level; with one side only, the nearest map
+    is scaled by the level trend of that side (bounded to +-8 %). The result is never shorter than
+    the current column.
     """
 
     name = "context"
@@ -117,12 +119,29 @@ def select_neighbours(neighbours: list[Neighbour]) -> tuple[list[Neighbour], lis
     means = {id(n): mean_height(n.body) for n in candidates}
     usable = []
     for n in candidates:
-        others = [means[id(m)] for m in candidates if m is not n]
-        if len(others) >= 2 and means[id(n)] < SUSPECT_RELATIVE * float(np.median(others)):
+        others = [(m.offset, means[id(m)]) for m in candidates if m is not n]
+        if len(others) >= 2 and means[id(n)] < SUSPECT_RELATIVE * expected_height(n.offset, others):
             rejected.append((n.level, "shorter than its neighbours (possible crush fracture)"))
         else:
             usable.append(n)
     return usable, rejected
+
+
+def expected_height(offset: float, others: list[tuple[float, float]]) -> float:
+    """Mean height (mm) expected at level ``offset`` from (offset, mean height) of other vertebrae.
+
+    A Theil-Sen line of height against level (the line through them for two), so the cranio-caudal
+    growth of the bodies is followed instead of being mistaken for a crush. Bodies grow caudally
+    (about 4 % per level in the thoracic spine, near 0 from L1 to L5), so the slope is bounded to
+    0 .. 3 % of the median height per level: a crushed vertebra among the others cannot tilt it
+    far, and extrapolating a steep pair several levels cannot make a healthy vertebra look short.
+    The intercept is the median of theirs.
+    """
+    o, h = np.array(others, dtype=float).T
+    i, j = np.triu_indices(len(o), 1)
+    bound = MAX_LEVEL_TREND * float(np.median(h))
+    slope = float(np.clip(np.median((h[j] - h[i]) / (o[j] - o[i])), 0.0, bound))
+    return float(np.median(h - slope * o) + slope * offset)
 
 
 def transfer_heights(source: VertebralBody, target: VertebralBody) -> np.ndarray:

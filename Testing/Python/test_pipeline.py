@@ -9,8 +9,10 @@ import pytest
 import SimpleITK as sitk
 from conftest import DATA, SAMPLE_CT, SAMPLE_SEG, TPT_SEG, TPT_SUB
 
+from HealthiVertLib.engines import expected_height
 from HealthiVertLib.errors import HealthiVertError
 from HealthiVertLib.io import load_case
+from HealthiVertLib.phantom import make_phantom
 from HealthiVertLib.pipeline import grade_case
 from HealthiVertLib.results import GRADED, INCOMPLETE, NO_CONTEXT
 from HealthiVertLib.simulate import simulate_fracture
@@ -125,6 +127,27 @@ def test_fractured_neighbour_is_not_used_as_context(sample_seg, tmp_path):
     used = [c["level"] for c in v.context if "weight" in c]
     rejected = {c["level"]: c["rejected"] for c in v.context if "rejected" in c}
     assert "L2" not in used and "L2" in rejected
+    assert v.grade == 0 and v.rhlv["overall"] < 0.1
+
+
+def test_expected_height_follows_the_level_trend_within_bounds():
+    assert expected_height(0.0, [(1.0, 20.0), (2.0, 20.5)]) == pytest.approx(19.5)  # line through two
+    assert expected_height(0.0, [(1.0, 20.0), (2.0, 22.0)]) == pytest.approx(21.0 - 1.5 * 0.63)  # 3 %/level
+    assert expected_height(0.0, [(1.0, 20.0), (2.0, 12.0)]) == pytest.approx(16.0)  # never decreasing
+    crushed_among_line = [(-2.0, 19.0), (-1.0, 19.5), (1.0, 12.0), (3.0, 21.5)]  # 20 + 0.5 * offset but one
+    assert expected_height(2.0, crushed_among_line) == pytest.approx(21.0)
+
+
+def test_shorter_cranial_vertebrae_are_context_but_a_crush_is_not(tmp_path):
+    phantom = make_phantom("T8-L2", spacing=2.0, seed=0)  # body heights grow caudally, all healthy
+    healthy = grade_case(_case_from(phantom.seg, tmp_path), volumes=False)
+    for v in healthy.vertebrae:
+        assert not [c for c in v.context if "rejected" in c], v.level
+        assert v.grade == 0 and max(v.rhlv.values()) < 0.1, v.level
+    crushed = simulate_fracture(phantom.seg, vertebra="T10", kind="crush", loss=0.4, labels="verse").seg
+    v = _by_level(grade_case(_case_from(crushed, tmp_path, "crushed"), ["T11"], volumes=False))["T11"]
+    rejected = {c["level"]: c["rejected"] for c in v.context if "rejected" in c}
+    assert "crush" in rejected["T10"] and "T10" not in [c["level"] for c in v.context if "weight" in c]
     assert v.grade == 0 and v.rhlv["overall"] < 0.1
 
 
