@@ -30,6 +30,7 @@ GRADABLE_LEVELS: frozenset[str] = frozenset(
 )
 
 _POSITION = {level: float(index) for index, level in enumerate(LEVELS)}
+TRANSITIONAL = ("T13", "L6")  # present in some spines only
 
 _LABELS_HINT = (
     "Pass the numbering explicitly: --labels verse (VerSe, TotalSegmentator vertebrae_pp), "
@@ -50,6 +51,17 @@ def normalize_level(level: str) -> str:
 def level_position(level: str) -> float:
     """Cranio-caudal rank of ``level``: larger is more caudal (T12 < T13 < L1, L5 < L6 < S1)."""
     return _POSITION[normalize_level(level)]
+
+
+def spine_ranks(present: Iterable[str]) -> dict[str, float]:
+    """Cranio-caudal rank of every level, counting the transitional T13 and L6 only when ``present``.
+
+    Differences of ranks are level distances: T12 to L1 is one level in a spine without T13 and
+    two in one with T13; a level missing from the label map still counts.
+    """
+    here = {normalize_level(lv) for lv in present}
+    kept = [lv for lv in LEVELS if lv not in TRANSITIONAL or lv in here]
+    return {lv: float(i) for i, lv in enumerate(kept)}
 
 
 def is_gradable(level: str) -> bool:

@@ -256,10 +256,11 @@ def _grade_one(
 
 def _neighbours(target: SpineLevel, levels: list[SpineLevel], bodies: _Bodies) -> list[Neighbour]:
     """Bodies of the vertebrae within three levels of the target (T1-L6 only; no fragments)."""
-    here = lab.level_position(target.level)
+    rank = lab.spine_ranks(v.level for v in levels)
+    here = rank[target.level]
     found = []
     for v in levels:
-        offset = lab.level_position(v.level) - here
+        offset = rank[v.level] - here
         if v is target or abs(offset) > CONTEXT_LEVELS or not lab.is_gradable(v.level) or v.fragment:
             continue
         found.append(Neighbour(level=v.level, offset=offset, body=bodies.get(v)))

@@ -347,3 +347,13 @@ def test_body_labels_unknown(values):
 def test_body_labels_without_body(values):
     with pytest.raises(HealthiVertError, match="no vertebral body label"):
         body_labels(values)
+
+
+def test_spine_ranks_count_transitional_levels_only_when_present():
+    from HealthiVertLib.labels import spine_ranks
+
+    plain = spine_ranks(["T11", "T12", "L1", "L5", "S1"])
+    assert plain["L1"] - plain["T12"] == 1 and plain["S1"] - plain["L5"] == 1
+    with_t13 = spine_ranks(["T12", "T13", "L1"])
+    assert with_t13["L1"] - with_t13["T12"] == 2 and with_t13["T13"] - with_t13["T12"] == 1
+    assert plain["L2"] - plain["T12"] == 2  # a level missing from the label map still counts
