@@ -563,24 +563,44 @@ def _safe_stem(level: str, used: set[str], label: int) -> str:
 
 
 def render_figures(result: CaseResult, out_dir: str | Path) -> dict[int, dict[str, Path]]:
-    """Write the three PNGs of every vertebra with views; index in ``result.vertebrae`` -> kind -> path."""
+    """Write the three PNGs of every vertebra with views; index in ``result.vertebrae`` -> kind -> path.
+
+    Drawing dominates the run time, so with several figures and cores they are drawn in forked
+    worker processes (Linux); elsewhere, or inside a daemonic worker (``batch``), one by one.
+    """
     fig_dir = Path(out_dir) / "figures"
     used: set[str] = set()
     out: dict[int, dict[str, Path]] = {}
+    jobs: list[tuple[Path, str, VertebraResult]] = []
     for i, v in enumerate(result.vertebrae):
         if v.views is None:
             continue
         stem = _safe_stem(v.level, used, v.label)
-        paths = {}
-        for kind, maker in _FIGURE_MAKERS.items():
-            path = fig_dir / f"{stem}_{kind}.png"
-            write_bytes_atomic(path, maker(v))
-            paths[kind] = path
-        if v.views.sagittal_counterfactuals:
-            paths[COUNTERFACTUAL_FIGURE] = fig_dir / f"{stem}_{COUNTERFACTUAL_FIGURE}.png"
-            write_bytes_atomic(paths[COUNTERFACTUAL_FIGURE], counterfactual_figure(v))
-        out[i] = paths
+        kinds = list(_FIGURE_MAKERS) + ([COUNTERFACTUAL_FIGURE] if v.views.sagittal_counterfactuals else [])
+        out[i] = {kind: fig_dir / f"{stem}_{kind}.png" for kind in kinds}
+        jobs += [(path, kind, v) for kind, path in out[i].items()]
+    for path, png in zip((j[0] for j in jobs), _draw_all([(kind, v) for _, kind, v in jobs])):
+        write_bytes_atomic(path, png)
     return out
+
+
+def _draw(job: tuple[str, VertebraResult]) -> bytes:
+    kind, v = job
+    return counterfactual_figure(v) if kind == COUNTERFACTUAL_FIGURE else _FIGURE_MAKERS[kind](v)
+
+
+def _draw_all(jobs: list[tuple[str, VertebraResult]]) -> Iterable[bytes]:
+    """PNG bytes of every (kind, vertebra), in order."""
+    import multiprocessing
+    import os
+
+    workers = min(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1, len(jobs) // 3)
+    if workers < 2 or "fork" not in multiprocessing.get_all_start_methods() or multiprocessing.current_process().daemon:
+        return [_draw(job) for job in jobs]
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
+        return list(pool.map(_draw, jobs))
 
 
 # ----------------------------------------------------------------------------- HTML

@@ -251,3 +251,15 @@ def test_threads_mask_only_and_no_pyplot(tmp_path):
         "assert 'matplotlib.pyplot' not in sys.modules, 'pyplot imported'"
     )
     subprocess.run([sys.executable, "-c", code, str(Path(__file__).parent)], check=True, timeout=60)
+
+
+def test_figures_drawn_in_worker_processes_equal_one_by_one(monkeypatch):
+    """Several vertebrae: the figures are drawn in forked workers where possible, with the same bytes."""
+    import multiprocessing
+
+    vertebrae = [make_result().vertebrae[0] for _ in range(3)]
+    jobs = [(kind, v) for v in vertebrae for kind in report._FIGURE_MAKERS]
+    one_by_one = [report._draw(job) for job in jobs]
+    assert report._draw_all(jobs) == one_by_one
+    monkeypatch.setattr(multiprocessing, "get_all_start_methods", lambda: ["spawn"])  # no fork: sequential
+    assert report._draw_all(jobs) == one_by_one
