@@ -13,6 +13,7 @@ from pathlib import Path
 
 from .errors import HealthiVertError
 from .io import write_text_atomic
+from .report import draw_figures_serially
 
 IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha")
 LABEL_MARKERS = ("_seg", "_msk", "-seg", "_label", "_labels")
@@ -151,7 +152,7 @@ def run_batch(args: argparse.Namespace) -> int:
             todo.append(case)
     bar = tqdm(total=len(todo), desc="cases", unit="case", disable=args.progress == "none")
     if args.workers > 1 and len(todo) > 1:
-        with ProcessPoolExecutor(max_workers=args.workers) as pool:
+        with ProcessPoolExecutor(max_workers=args.workers, initializer=draw_figures_serially) as pool:
             futures = {pool.submit(_run_case, c, str(out), options): c for c in todo}
             for future in as_completed(futures):
                 rows[futures[future].name] = _progress_row(future.result(), bar, args.progress)

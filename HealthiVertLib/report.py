@@ -566,7 +566,8 @@ def render_figures(result: CaseResult, out_dir: str | Path) -> dict[int, dict[st
     """Write the three PNGs of every vertebra with views; index in ``result.vertebrae`` -> kind -> path.
 
     Drawing dominates the run time, so with several figures and cores they are drawn in forked
-    worker processes (Linux); elsewhere, or inside a daemonic worker (``batch``), one by one.
+    worker processes (Linux); elsewhere, in a daemonic process or after ``draw_figures_serially``
+    (``batch`` workers), one by one.
     """
     fig_dir = Path(out_dir) / "figures"
     used: set[str] = set()
@@ -589,13 +590,23 @@ def _draw(job: tuple[str, VertebraResult]) -> bytes:
     return counterfactual_figure(v) if kind == COUNTERFACTUAL_FIGURE else _FIGURE_MAKERS[kind](v)
 
 
+def draw_figures_serially() -> None:
+    """Draw figures in this process only (for processes that are themselves one of several workers)."""
+    global _PARALLEL_FIGURES
+    _PARALLEL_FIGURES = False
+
+
+_PARALLEL_FIGURES = True
+
+
 def _draw_all(jobs: list[tuple[str, VertebraResult]]) -> Iterable[bytes]:
     """PNG bytes of every (kind, vertebra), in order."""
     import multiprocessing
     import os
 
     workers = min(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1, len(jobs) // 3)
-    if workers < 2 or "fork" not in multiprocessing.get_all_start_methods() or multiprocessing.current_process().daemon:
+    if (workers < 2 or not _PARALLEL_FIGURES or "fork" not in multiprocessing.get_all_start_methods()
+            or multiprocessing.current_process().daemon):
         return [_draw(job) for job in jobs]
     from concurrent.futures import ProcessPoolExecutor
 
