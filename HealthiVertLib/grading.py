@@ -66,7 +66,7 @@ def feature_vector(rhlv: Mapping[str, float], features: Sequence[str] = FEATURES
     for name in features:
         short = name.removeprefix("rhlv_")
         value = rhlv.get(name, rhlv.get(short))
-        if short == "max" and value is None:
+        if short == "max" and value in (None, ""):  # not given (or an empty CSV cell): from the thirds
             value = max(feature_vector(rhlv, [f"rhlv_{t}" for t in THIRD_NAMES]))
         if _parse_float(value) is None:
             raise HealthiVertError(
@@ -605,11 +605,9 @@ def _collect_rows(
             if (row.get("status") or "graded").strip() != "graded":
                 skipped["not_graded_status"] += 1
                 continue
-            values = [_parse_float(row.get(f)) for f in features]
-            if "rhlv_max" in features and row.get("rhlv_max") in (None, ""):
-                thirds = [_parse_float(row.get(f"rhlv_{t}")) for t in THIRD_NAMES]
-                values[list(features).index("rhlv_max")] = None if None in thirds else max(thirds)
-            if any(v is None for v in values):
+            try:
+                values = feature_vector(row, features)
+            except HealthiVertError:
                 skipped["missing_features"] += 1
                 continue
             case, label = (row.get("case") or "").strip(), _parse_label(row.get("verse_label"))
