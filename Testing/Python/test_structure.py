@@ -248,12 +248,17 @@ def _png_size(path: Path) -> tuple[int, int]:
 # --- packaging (HealthiVert/CMakeLists.txt) ---------------------------------------------------------
 
 
+def _assert_listed_exactly(listed: set[str], present: set[str], variable: str) -> None:
+    """Every file present is listed in ``variable`` of HealthiVert/CMakeLists.txt, and nothing else."""
+    assert not present - listed, f"add to {variable} in HealthiVert/CMakeLists.txt: {sorted(present - listed)}"
+    assert not listed - present, f"listed in {variable} but missing: {sorted(listed - present)}"
+
+
 def test_every_module_python_file_is_packaged():
     variables, _ = _module_cmake()
     listed = set(variables.get("MODULE_PYTHON_SCRIPTS", []))
     present = _files(MODULE_DIR, "*.py")
-    assert not present - listed, f"add to MODULE_PYTHON_SCRIPTS in HealthiVert/CMakeLists.txt: {sorted(present - listed)}"
-    assert not listed - present, f"listed in MODULE_PYTHON_SCRIPTS but missing: {sorted(listed - present)}"
+    _assert_listed_exactly(listed, present, "MODULE_PYTHON_SCRIPTS")
     assert f"{MODULE}.py" in listed
 
 
@@ -261,8 +266,7 @@ def test_every_core_python_file_is_packaged():
     variables, _ = _module_cmake()
     listed = set(variables.get("MODULE_LIB_PYTHON_SCRIPTS", []))
     present = {f"{LIB}/{p}" for p in _files(LIB_DIR, "*.py")}
-    assert not present - listed, f"add to MODULE_LIB_PYTHON_SCRIPTS in HealthiVert/CMakeLists.txt: {sorted(present - listed)}"
-    assert not listed - present, f"listed in MODULE_LIB_PYTHON_SCRIPTS but missing: {sorted(listed - present)}"
+    _assert_listed_exactly(listed, present, "MODULE_LIB_PYTHON_SCRIPTS")
     assert f"{LIB}/__init__.py" in listed
 
 
@@ -271,8 +275,7 @@ def test_every_resource_and_data_file_is_packaged():
     listed = set(variables.get("MODULE_PYTHON_RESOURCES", []))
     present = {f"Resources/{p}" for p in _files(ROOT / "Resources")}
     present |= {f"{LIB}/{p}" for p in _files(LIB_DIR) if not p.endswith(".py")}
-    assert not present - listed, f"add to MODULE_PYTHON_RESOURCES in HealthiVert/CMakeLists.txt: {sorted(present - listed)}"
-    assert not listed - present, f"listed in MODULE_PYTHON_RESOURCES but missing: {sorted(listed - present)}"
+    _assert_listed_exactly(listed, present, "MODULE_PYTHON_RESOURCES")
     assert f"Resources/UI/{MODULE}.ui" in listed and f"Resources/Icons/{MODULE}.png" in listed
 
 
