@@ -1,9 +1,9 @@
 """HealthiVert: grade osteoporotic vertebral compression fractures on CT in 3D Slicer.
 
 The module is thin. It turns the selected nodes into images (``HealthiVertLib.scene``), runs the
-``HealthiVertLib`` command line (``python -m HealthiVertLib.cli grade``, the same entry point as the
+``HealthiVertLib`` command line (``python -m HealthiVertLib.app.cli grade``, the same entry point as the
 ``healthivert`` command) in a background ``PythonSlicer`` process with a progress bar, a log and
-Cancel (``HealthiVertLib.background``), and puts the results into the scene (``HealthiVertLib.scene``):
+Cancel (``HealthiVertLib.app.background``), and puts the results into the scene (``HealthiVertLib.scene``):
 the height-loss map over the CT, body segmentations with SNOMED CT terminology, a table, the Genant
 points and heights, an antero-posterior profile plot. All numerics live in ``HealthiVertLib``.
 Research use only, not for diagnosis.
@@ -388,10 +388,10 @@ class HealthiVertWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         p = self._parameterNode
         count = 1
         if p.targetMode == TargetMode.LEVELS:
-            count = max(1, len(core("background").parse_levels(p.targetLevel)))
+            count = max(1, len(core("app.background").parse_levels(p.targetLevel)))
         elif p.targetMode == TargetMode.ALL:
             count = 10
-        seconds = core("background").estimate_seconds(p.engine, count, self.logic.figuresAvailable())
+        seconds = core("app.background").estimate_seconds(p.engine, count, self.logic.figuresAvailable())
         if seconds is None:
             return _("Time on CPU: not measured for the '{engine}' engine.").format(engine=p.engine)
         if p.targetMode == TargetMode.ALL:
@@ -418,7 +418,7 @@ class HealthiVertWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             if not p.targetPoint or p.targetPoint.GetNumberOfControlPoints() == 0:
                 return _("Place a point on the vertebra to grade (or choose levels, or every vertebra).")
         elif p.targetMode == TargetMode.LEVELS:
-            background = core("background")
+            background = core("app.background")
             if not background.parse_levels(p.targetLevel):
                 return _("Type the level(s) to grade, e.g. L1 or T12 L1.")
             bad = background.invalid_levels(p.targetLevel)
@@ -691,7 +691,7 @@ class HealthiVertLogic(ScriptedLoadableModuleLogic):
         if targetMode == TargetMode.ALL:
             return None
         if targetMode == TargetMode.LEVELS:
-            return core("background").parse_levels(levelText)
+            return core("app.background").parse_levels(levelText)
         label = scene.label_at_point(labelInput.image, scene.markups_point_ras(pointNode))
         if not label:
             raise ValueError(_("The point is not on a vertebra of the segmentation. Place it inside the vertebral body."))
@@ -735,7 +735,7 @@ class HealthiVertLogic(ScriptedLoadableModuleLogic):
         """
         if self.isRunning():
             raise RuntimeError(_("HealthiVert is already running."))
-        background = core("background")
+        background = core("app.background")
         if engine not in self.availableEngines():
             raise ValueError(_("Unknown engine '{engine}'.").format(engine=engine))
         if targetMode == TargetMode.LEVELS and background.invalid_levels(levels):

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Accuracy benchmark of every engine and baseline on simulated fractures (not a test).
 
-A thin wrapper of ``healthivert bench`` (``HealthiVertLib/bench.py``, where the protocol is
+A thin wrapper of ``healthivert bench`` (``HealthiVertLib/evaluation/``, where the protocol is
 documented). Run from the repository root::
 
     python benchmarks/bench_accuracy.py                 # = healthivert bench -> benchmarks/accuracy.md
@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import sys
 
-from HealthiVertLib.cli import main
+from HealthiVertLib.app.cli import main
 
 if __name__ == "__main__":
     sys.exit(main(["bench", *sys.argv[1:]]))

@@ -41,10 +41,10 @@ def _commit() -> str:
 def measure(repeats: int, threads: int, device: str, weights: str | None) -> dict:
     import torch
 
-    from HealthiVertLib.cli import SAMPLE_DIR
+    from HealthiVertLib.io.resources import SAMPLE_DIR
     from HealthiVertLib.engines import get_engine
-    from HealthiVertLib.io import load_case
-    from HealthiVertLib.pipeline import grade_case
+    from HealthiVertLib.io.case import load_case
+    from HealthiVertLib.pipeline.case import grade_case
 
     torch.set_num_threads(threads)
     case = load_case(SAMPLE_DIR / "seg.nii.gz", SAMPLE_DIR / "ct.nii.gz")

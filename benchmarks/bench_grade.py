@@ -17,10 +17,10 @@ Configurations
   (c) baseline: the geometry preprocessing of the published HealthiVert pipeline on the same
       labels (resample to 1 mm with nearest neighbour, reorient to IPL, reference centroids,
       straighten once, one 256x256x64 crop per vertebra that (b) grades), re-implemented
-      bit-compatibly in ``HealthiVertLib.reference``.  It stops before any synthesis (no GAN,
+      bit-compatibly in ``HealthiVertLib.geometry.reference``.  It stops before any synthesis (no GAN,
       no RHLV, no grading, no outputs written), so it is a lower bound of the reference's cost.
 
-The cold command (``python -m HealthiVertLib.cli grade ... --all``: interpreter start, imports,
+The cold command (``python -m HealthiVertLib.app.cli grade ... --all``: interpreter start, imports,
 grading, outputs) is also timed for (a) and (b), ``--cli-repeats`` times each.
 
 See benchmarks/README.md for how to read the numbers.
@@ -106,10 +106,11 @@ def _maxrss_kib() -> int:
 
 def _run_ours(seg: Path, ct: Path | None, out: Path, figures: bool) -> tuple[dict, dict]:
     """What ``cli._grade_and_write`` does, with the same calls in the same order, timed."""
-    from HealthiVertLib.io import load_case
-    from HealthiVertLib.pipeline import grade_case
-    from HealthiVertLib.report import summary_table, write_outputs
-    from HealthiVertLib.results import GRADED
+    from HealthiVertLib.io.case import load_case
+    from HealthiVertLib.pipeline.case import grade_case
+    from HealthiVertLib.outputs.tables import summary_table
+    from HealthiVertLib.outputs.report import write_outputs
+    from HealthiVertLib.pipeline.records import GRADED
 
     t0 = time.perf_counter()
     case = load_case(seg, ct, None, labels=None, name=CASE_NAME)
@@ -139,8 +140,8 @@ def _run_baseline(seg: Path, graded: list[str]) -> tuple[dict, dict]:
     import numpy as np
     import SimpleITK as sitk
 
-    from HealthiVertLib import reference as ref
-    from HealthiVertLib.labels import TOTALSEG, verse_label
+    from HealthiVertLib.geometry import reference as ref
+    from HealthiVertLib.io.labels import TOTALSEG, verse_label
 
     stages = {}
     t0 = t = time.perf_counter()
@@ -226,7 +227,7 @@ def _check_orientation(seg: Path) -> bool:
     """True when the one-step IPL resample equals SimpleITK's Resample + DICOMOrient (untimed)."""
     import SimpleITK as sitk
 
-    from HealthiVertLib.reference import ORIENTATION
+    from HealthiVertLib.geometry.reference import ORIENTATION
 
     image = sitk.ReadImage(str(seg))
     grid = ipl_grid(image)
@@ -253,15 +254,15 @@ def run_config(config: str, repeats: int, seg: str, ct: str, graded: list[str] |
         import numpy  # noqa: F401
         import SimpleITK  # noqa: F401
 
-        import HealthiVertLib.labels  # noqa: F401
-        import HealthiVertLib.reference  # noqa: F401
+        import HealthiVertLib.io.labels  # noqa: F401
+        import HealthiVertLib.geometry.reference  # noqa: F401
 
         def once(out: Path) -> tuple[dict, dict]:
             return _run_baseline(Path(seg), graded or [])
     else:
         import HealthiVertLib.io  # noqa: F401
         import HealthiVertLib.pipeline  # noqa: F401
-        import HealthiVertLib.report  # noqa: F401
+        import HealthiVertLib.outputs  # noqa: F401
 
         def once(out: Path) -> tuple[dict, dict]:
             return _run_ours(Path(seg), Path(ct) if config == "a" else None, out, figures=config == "a")
@@ -310,7 +311,7 @@ def cold_cli(seg: Path, ct: Path | None, figures: bool, repeats: int) -> dict:
     walls, rss = [], []
     for i in range(repeats):
         with tempfile.TemporaryDirectory(prefix="hv-bench-cli-") as tmp:
-            cmd = [sys.executable, "-m", "HealthiVertLib.cli", "grade", "--seg", str(seg), "--all",
+            cmd = [sys.executable, "-m", "HealthiVertLib.app.cli", "grade", "--seg", str(seg), "--all",
                    "--out", tmp, "--progress", "none"]
             if ct is not None:
                 cmd += ["--ct", str(ct)]
@@ -520,7 +521,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.repeats < 1:
         parser.error("--repeats must be at least 1")
 
-    from HealthiVertLib.cli import SAMPLE_DIR
+    from HealthiVertLib.io.resources import SAMPLE_DIR
 
     seg, ct = SAMPLE_DIR / "seg.nii.gz", SAMPLE_DIR / "ct.nii.gz"
     if not seg.exists() or not ct.exists():

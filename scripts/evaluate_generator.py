@@ -1,7 +1,7 @@
 """Evaluate generator weights on held-out phantoms with simulated fractures, beside the context engine.
 
 For each phantom (seeds never used by ``healthivert train-generator``'s training or validation
-phantoms) one vertebra is fractured by ``HealthiVertLib.simulate`` (random kind, 20-50 % loss), so
+phantoms) one vertebra is fractured by ``HealthiVertLib.truth.simulate`` (random kind, 20-50 % loss), so
 its pre-fracture heights are known exactly. Every complete vertebra is graded with both engines:
 
 * fractured vertebrae: pseudo-healthy height error against the pre-fracture truth (mean absolute
@@ -29,8 +29,8 @@ def evaluate(weights: str | None, phantoms: int, threads: int) -> dict:
     import torch
 
     from HealthiVertLib.engines import get_engine
-    from HealthiVertLib.generator.data import phantom_source
-    from HealthiVertLib.pipeline import grade_case
+    from HealthiVertLib.training.generator_data import phantom_source
+    from HealthiVertLib.pipeline.case import grade_case
 
     torch.set_num_threads(threads)
     engines = {"context": get_engine("context"), "generator": get_engine("generator", weights=weights, device="cpu")}
@@ -87,9 +87,9 @@ def main() -> int:
     if args.update_card:
         from pathlib import Path
 
-        from HealthiVertLib.generator.engine import DEFAULT_WEIGHTS
-        from HealthiVertLib.generator.weights import card_path, read_model_card
-        from HealthiVertLib.io import write_text_atomic
+        from HealthiVertLib.engines.generator.engine import DEFAULT_WEIGHTS
+        from HealthiVertLib.engines.generator.weights import card_path, read_model_card
+        from HealthiVertLib.io.files import write_text_atomic
 
         path = Path(args.weights) if args.weights else DEFAULT_WEIGHTS
         card = read_model_card(path)

@@ -3,7 +3,7 @@
 
 Protocol (the model card ``grader_default.md`` repeats it with the numbers):
 
-* Data: the evaluation set of the accuracy benchmark (``HealthiVertLib.bench``), all of it --
+* Data: the evaluation set of the accuracy benchmark (``HealthiVertLib.evaluation``), all of it --
   simulated wedge / biconcave / crush fractures (losses 10, 22, 30, 50 %) of every healthy whole
   vertebra of the real cases in ``Testing/Data`` plus those vertebrae unfractured, and the phantom
   spines (two fractures each, the other vertebrae healthy). True grades: Genant's rule on the
@@ -12,7 +12,7 @@ Protocol (the model card ``grader_default.md`` repeats it with the numbers):
   by the pipeline exactly as ``healthivert grade`` does (``grading.GRADER_FEATURES``: the thirds and
   their maximum).
 * Model: standardisation + linear one-vs-one SVM with balanced class weights and a logistic
-  calibration (``grading.SVMGrader``); C in ``bench.C_GRID`` chosen by cross-validation grouped by
+  calibration (``grading.SVMGrader``); C in ``C_GRID`` chosen by cross-validation grouped by
   subject (each real case and each phantom is one subject), best macro-F1.
 
 The benchmark (``healthivert bench``) evaluates the same protocol on held-out subjects.
@@ -33,11 +33,13 @@ from pathlib import Path
 
 import numpy as np
 
-from HealthiVertLib import bench
-from HealthiVertLib.grading import (GRADE_NAMES, GRADER_FEATURES, SVMGrader, classification_metrics, feature_vector,
-                                    genant_rule)
-from HealthiVertLib.heights import THIRDS
-from HealthiVertLib.io import write_text_atomic
+from HealthiVertLib.evaluation.records import C_GRID, PHANTOM_LEVELS, PHANTOM_LOSS_RANGE, PHANTOM_RANGE, SEED
+from HealthiVertLib.evaluation.scoring import features, fit_grader
+from HealthiVertLib.evaluation.simulated import collect
+from HealthiVertLib.evaluation.tables import read_raw_json
+from HealthiVertLib.measure.grading import GRADE_NAMES, GRADER_FEATURES, SVMGrader, classification_metrics, feature_vector, genant_rule
+from HealthiVertLib.measure.heights import THIRDS
+from HealthiVertLib.io.files import write_text_atomic
 
 DATA_DIR = Path(__file__).resolve().parents[1] / "HealthiVertLib" / "data"
 ENGINE = "context"
@@ -52,14 +54,14 @@ def training_set(workers: int, from_bench: Path | None = None) -> tuple[np.ndarr
     instead of measuring again; both give the same numbers.
     """
     if from_bench is not None:
-        result = bench.read_raw_json(from_bench)
+        result = read_raw_json(from_bench)
     else:
-        result = bench.collect(estimators=[ENGINE], workers=workers,
+        result = collect(estimators=[ENGINE], workers=workers,
                                progress=lambda k, n, m: print(f"\r{k}/{n} {m:60.60}", end="", file=sys.stderr))
         print(file=sys.stderr)
     if ENGINE not in result.estimates:
         raise SystemExit(f"{from_bench} has no '{ENGINE}' results")
-    rows = [(bench.features(e), it) for it, e in zip(result.items, result.estimates[ENGINE])]
+    rows = [(features(e), it) for it, e in zip(result.items, result.estimates[ENGINE])]
     used = [(x, it) for x, it in rows if x is not None]
     X = np.array([feature_vector(dict(zip(THIRDS, x)), GRADER_FEATURES) for x, _ in used])
     y = np.array([it.truth.grade for _, it in used])
@@ -67,11 +69,11 @@ def training_set(workers: int, from_bench: Path | None = None) -> tuple[np.ndarr
     real = [it for _, it in used if it.dataset == "real"]
     description = {
         "description": (
-            "simulated fractures (HealthiVertLib.simulate) of healthy real vertebrae and of procedural phantom "
+            "simulated fractures (HealthiVertLib.truth.simulate) of healthy real vertebrae and of procedural phantom "
             "spines, plus the unfractured vertebrae; not real graded CTs"
         ),
         "features_from": f"engine '{ENGINE}' through pipeline.grade_case",
-        "generator": "HealthiVertLib.bench.collect (the accuracy benchmark's evaluation set)",
+        "generator": "HealthiVertLib.evaluation.simulated.collect (the accuracy benchmark's evaluation set)",
         "real_subjects": result.setup["real_subjects"],
         "kinds": result.setup["kinds"],
         "losses": result.setup["losses"],
@@ -79,7 +81,7 @@ def training_set(workers: int, from_bench: Path | None = None) -> tuple[np.ndarr
         "n_real_vertebrae": len(real),
         "n_phantom_vertebrae": len(used) - len(real),
         "not_graded_by_engine": len(rows) - len(used),
-        "seed": bench.SEED,
+        "seed": SEED,
     }
     return X, y, subjects, description
 
@@ -114,16 +116,16 @@ evaluated with numpy only.
 `{ENGINE}` engine through the same pipeline as `healthivert grade`.
 
 ## Training data
-The evaluation set of the accuracy benchmark (`HealthiVertLib/bench.py`), all of it:
+The evaluation set of the accuracy benchmark (`HealthiVertLib/evaluation/`), all of it:
 {t["n_samples"]} vertebrae graded by the engine ({data["n_real_vertebrae"]} real, {data["n_phantom_vertebrae"]}
 phantom; {data["not_graded_by_engine"]} more had no usable context) in {t["n_subjects"]} subjects; true grades
 0/1/2/3 = {n["0"]}/{n["1"]}/{n["2"]}/{n["3"]} (Genant's rule on the simulator's exact RHLV).
 - Real vertebrae, each unfractured and compressed by `HealthiVertLib/simulate.py` as
   {", ".join(data["kinds"])} with loss {", ".join(f"{x:g}" for x in data["losses"])} (RHLV of the affected region):
 {subjects}
-- {data["n_phantoms"]} phantom spines (`HealthiVertLib/phantom.py`, {bench.PHANTOM_RANGE}, spacing, orientation,
-  curvature and bone density varied by a fixed seed), two fractures each ({", ".join(bench.PHANTOM_LEVELS)},
-  at least two levels apart, random kind, loss {bench.PHANTOM_LOSS_RANGE[0]:g}-{bench.PHANTOM_LOSS_RANGE[1]:g}); the
+- {data["n_phantoms"]} phantom spines (`HealthiVertLib/truth/phantom.py`, {PHANTOM_RANGE}, spacing, orientation,
+  curvature and bone density varied by a fixed seed), two fractures each ({", ".join(PHANTOM_LEVELS)},
+  at least two levels apart, random kind, loss {PHANTOM_LOSS_RANGE[0]:g}-{PHANTOM_LOSS_RANGE[1]:g}); the
   other vertebrae healthy.
 
 Reproduce (from the repository root): `{COMMAND} --from-bench benchmarks/accuracy.json` (seconds; the
@@ -187,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     X, y, subjects, data = training_set(args.workers, args.from_bench)
-    grader = bench.fit_grader(X, y, subjects)
+    grader = fit_grader(X, y, subjects)
     c_scores = {float(c): f for c, f in grader.training["c_selection"]["macro_f1"].items()}
     rule_pred = [genant_rule(dict(zip(("anterior", "middle", "posterior"), row)))[0] for row in X]
     rule = classification_metrics(y, rule_pred)

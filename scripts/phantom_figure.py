@@ -5,7 +5,7 @@ Usage (from the repository root):
     python scripts/phantom_figure.py --out docs/phantom.png [--levels T1-L5] [--spacing 1] [--seed 0]
     python scripts/phantom_figure.py --ct CASE_ct.nii.gz --seg CASE_seg.nii.gz --out fig.png
 
-Without ``--ct``/``--seg`` a phantom is generated with HealthiVertLib.phantom.make_phantom.
+Without ``--ct``/``--seg`` a phantom is generated with HealthiVertLib.truth.phantom.make_phantom.
 Images of any orientation are first resampled onto an LPS-aligned 1 mm grid.
 """
 
@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.ct and args.seg:
         draw(sitk.ReadImage(str(args.ct)), sitk.ReadImage(str(args.seg)), args.out, title=args.ct.name)
         return 0
-    from HealthiVertLib.phantom import make_phantom
+    from HealthiVertLib.truth.phantom import make_phantom
 
     phantom = make_phantom(args.levels, spacing=args.spacing, seed=args.seed)
     spacing = "×".join(f"{s:g}" for s in phantom.params["spacing_mm"])

@@ -30,7 +30,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _grade_simulated_case(work: Path):
-    from HealthiVertLib import cli, scene
+    from HealthiVertLib.app import cli
+    from HealthiVertLib import scene
 
     sample = ROOT / "HealthiVertLib" / "data" / "sample"
     fractured = work / "fractured"

@@ -1,4 +1,4 @@
-"""Shared fixtures: paths of the real test data (fractures are simulated with HealthiVertLib.simulate)."""
+"""Shared fixtures: paths of the real test data (fractures are simulated with HealthiVertLib.truth.simulate)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import SimpleITK as sitk
 
-from HealthiVertLib.cli import SAMPLE_DIR
+from HealthiVertLib.io.resources import SAMPLE_DIR
 
 DATA = Path(__file__).resolve().parents[1] / "Data"
 SAMPLE_SEG = SAMPLE_DIR / "seg.nii.gz"

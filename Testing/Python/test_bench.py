@@ -8,14 +8,17 @@ import numpy as np
 import pytest
 from sklearn.metrics import cohen_kappa_score, f1_score, precision_score, recall_score, roc_auc_score
 
-from HealthiVertLib import bench
-from HealthiVertLib.baselines import MinMaxBaseline, NeighbourBaseline, minmax_loss, neighbour_loss
-from HealthiVertLib.cli import main
-from HealthiVertLib.engines import NoContextError
-from HealthiVertLib.grading import classification_metrics
-from HealthiVertLib.heights import abnormality_score
-from HealthiVertLib.io import load_case
-from HealthiVertLib.pipeline import _Bodies, _neighbours, resolve_targets, spine_levels
+from HealthiVertLib.evaluation.records import Item, Truth
+from HealthiVertLib.measure.heights import own_heights
+from HealthiVertLib.evaluation.scoring import subject_folds, height_error_pct, rhlv_error_pp, roc_auc
+from HealthiVertLib.evaluation.baselines import MinMaxBaseline, NeighbourBaseline, minmax_loss, neighbour_loss
+from HealthiVertLib.app.cli import main
+from HealthiVertLib.engines.base import NoContextError
+from HealthiVertLib.measure.grading import classification_metrics
+from HealthiVertLib.measure.heights import abnormality_score
+from HealthiVertLib.io.case import load_case
+from HealthiVertLib.geometry.spine import SpineBodies, resolve_targets, spine_levels
+from HealthiVertLib.engines.neighbours import gather_neighbours
 
 from conftest import SAMPLE_SEG, TPT_SEG, TPT_SUB
 
@@ -44,8 +47,9 @@ def test_abnormality_score_by_hand() -> None:
 
 
 def test_abnormality_score_in_the_outputs() -> None:
-    from HealthiVertLib.pipeline import grade_case
-    from HealthiVertLib.report import _summary_html, csv_rows, summary_table
+    from HealthiVertLib.pipeline.case import grade_case
+    from HealthiVertLib.outputs.html import summary_html
+    from HealthiVertLib.outputs.tables import csv_rows, summary_table
 
     result = grade_case(load_case(SAMPLE_SEG), ["L2", "L3"], volumes=False)
     for v in result.vertebrae:  # healthy lumbar vertebrae
@@ -53,7 +57,7 @@ def test_abnormality_score_in_the_outputs() -> None:
     rows = csv_rows(result)
     assert [float(r["abnormality_score"]) for r in rows] == pytest.approx(
         [v.abnormality_score for v in result.vertebrae], abs=1e-4)
-    assert "Abn." in summary_table(result) and "Abnormality (0-100)" in _summary_html(result)
+    assert "Abn." in summary_table(result) and "Abnormality (0-100)" in summary_html(result)
 
 
 # ------------------------------------------------------------------------------ baselines
@@ -72,21 +76,21 @@ def test_baseline_losses_by_hand() -> None:
 
 def _bodies_of(case, level):
     levels = spine_levels(case)
-    bodies = _Bodies(case, levels)
+    bodies = SpineBodies(case, levels)
     target = resolve_targets(levels, [level])[0]
-    return bodies.get(target), _neighbours(target, levels, bodies)
+    return bodies.get(target), gather_neighbours(target, levels, bodies)
 
 
 def test_baselines_on_real_vertebrae() -> None:
     case = load_case(SAMPLE_SEG)
     body, neighbours = _bodies_of(case, "L3")
-    own = body.own_heights.original_mm
+    own = own_heights(body).original_mm
     est = MinMaxBaseline().estimate(body, neighbours)
     tallest = max(own["anterior"], own["middle"], own["posterior"])
     assert est.rhlv["middle"] == pytest.approx(1 - own["middle"] / tallest) and est.used == []
     est = NeighbourBaseline().estimate(body, neighbours)
     assert est.used == ["L2", "L4"]  # the nearest usable neighbour on each side
-    ref = {n.level: n.body.own_heights.original_mm for n in neighbours}
+    ref = {n.level: own_heights(n.body).original_mm for n in neighbours}
     expected = 1 - own["anterior"] / ((ref["L2"]["anterior"] + ref["L4"]["anterior"]) / 2)
     assert est.rhlv["anterior"] == pytest.approx(expected)
     assert max(abs(v) for v in est.rhlv.values()) < 0.15  # healthy lumbar vertebrae of one subject
@@ -114,21 +118,21 @@ def test_grade_metrics_match_scikit_learn() -> None:
 
 def test_error_and_auc_metrics_by_hand() -> None:
     true, pred = _heights(20.0, 20.0, 25.0, 21.0), _heights(21.0, 19.0, 25.0, 21.0)
-    err = bench.height_error_pct(pred, true)
+    err = height_error_pct(pred, true)
     assert err == pytest.approx({"anterior": 5.0, "middle": 5.0, "posterior": 0.0, "overall": 0.0})
-    err = bench.rhlv_error_pp(_heights(0.30, 0.10, 0.0, 0.12), _heights(0.25, 0.12, 0.01, 0.13))
+    err = rhlv_error_pp(_heights(0.30, 0.10, 0.0, 0.12), _heights(0.25, 0.12, 0.01, 0.13))
     assert err["anterior"] == pytest.approx(5.0) and err["max"] == pytest.approx(5.0)
     labels, scores = [0, 0, 1, 1, 0, 1], [0.1, 0.4, 0.35, 0.8, 0.2, 0.9]
-    assert bench.roc_auc(labels, scores) == pytest.approx(roc_auc_score(labels, scores))
-    assert np.isnan(bench.roc_auc([1, 1], [0.2, 0.3]))
+    assert roc_auc(labels, scores) == pytest.approx(roc_auc_score(labels, scores))
+    assert np.isnan(roc_auc([1, 1], [0.2, 0.3]))
 
 
 def test_folds_never_test_on_training_subjects() -> None:
-    truth = bench.Truth(_heights(20, 20, 20), _heights(0, 0, 0), 0)
-    items = [bench.Item("real", s, f"{s}/{k}", "L1", "none", 0.0, truth) for s in ("a", "b", "c") for k in range(3)]
-    items += [bench.Item("phantom", f"p{k}", f"p{k}", "L1", "none", 0.0, truth, "train" if k < 2 else "test")
+    truth = Truth(_heights(20, 20, 20), _heights(0, 0, 0), 0)
+    items = [Item("real", s, f"{s}/{k}", "L1", "none", 0.0, truth) for s in ("a", "b", "c") for k in range(3)]
+    items += [Item("phantom", f"p{k}", f"p{k}", "L1", "none", 0.0, truth, "train" if k < 2 else "test")
               for k in range(4)]
-    folds = bench._folds(items)
+    folds = subject_folds(items)
     assert len(folds) == 4  # three real subjects held out in turn, then the phantom test half
     subjects = np.array([it.subject for it in items])
     for train, test, _ in folds:

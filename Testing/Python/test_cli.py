@@ -15,7 +15,8 @@ import pytest
 import SimpleITK as sitk
 from conftest import DATA, SAMPLE_CT, SAMPLE_SEG, TPT_CT, TPT_SEG, sha256
 
-from HealthiVertLib.cli import PROGRESS_PREFIX, build_parser, main
+from HealthiVertLib.progress import PROGRESS_PREFIX
+from HealthiVertLib.app.cli import build_parser, main
 
 
 def run(*args: str) -> int:
@@ -70,7 +71,7 @@ def test_demo_runs_on_the_bundled_sample(tmp_path):
 
 def test_console_script_entry_point(tmp_path):
     exe = shutil.which("healthivert")
-    cmd = [exe] if exe else [sys.executable, "-m", "HealthiVertLib.cli"]
+    cmd = [exe] if exe else [sys.executable, "-m", "HealthiVertLib.app.cli"]
     done = subprocess.run(cmd + ["--help"], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and "grade" in done.stdout and "research use only" in done.stdout
 
@@ -202,7 +203,7 @@ def test_train_grader_from_feature_table_and_grade_file(tmp_path):
 
 
 def test_real_grade_file_is_accepted_by_train_grader_format(tmp_path):
-    from HealthiVertLib.grading import read_grade_file
+    from HealthiVertLib.io.grades import read_grade_file
 
     grades = read_grade_file(DATA / "healthivert" / "vertebra_data.json")
     assert grades[("sub-verse004", 16)] == 2

@@ -19,17 +19,19 @@ pytest.importorskip("safetensors")
 
 from conftest import SAMPLE_CT, SAMPLE_SEG  # noqa: E402
 
-from HealthiVertLib.cli import main  # noqa: E402
-from HealthiVertLib.engines import EngineUnavailable, get_engine  # noqa: E402
+from HealthiVertLib.app.cli import main  # noqa: E402
+from HealthiVertLib.engines.base import EngineUnavailable  # noqa: E402
+from HealthiVertLib.engines import get_engine  # noqa: E402
 from HealthiVertLib.errors import HealthiVertError  # noqa: E402
-from HealthiVertLib.generator import data as gd  # noqa: E402
-from HealthiVertLib.generator.engine import DEFAULT_WEIGHTS, GeneratorEngine  # noqa: E402
-from HealthiVertLib.generator.networks import Generator, GeneratorConfig  # noqa: E402
-from HealthiVertLib.generator.weights import ModelCard, save_weights  # noqa: E402
-from HealthiVertLib.io import Case, load_case  # noqa: E402
-from HealthiVertLib.pipeline import _Bodies, _neighbours, spine_levels  # noqa: E402
-from HealthiVertLib.simulate import simulate_fracture  # noqa: E402
-from HealthiVertLib.straighten import block_to_index_affine  # noqa: E402
+from HealthiVertLib.engines.generator.slices import AIR_HU, VIEWS, band_rows, expected_height_mm, hide, neighbourhood_members, shrm_compose, slice_positions  # noqa: E402
+from HealthiVertLib.engines.generator.engine import DEFAULT_WEIGHTS, GeneratorEngine  # noqa: E402
+from HealthiVertLib.engines.generator.networks import Generator, GeneratorConfig  # noqa: E402
+from HealthiVertLib.engines.generator.weights import ModelCard, save_weights  # noqa: E402
+from HealthiVertLib.io.case import Case, load_case  # noqa: E402
+from HealthiVertLib.geometry.spine import SpineBodies, spine_levels  # noqa: E402
+from HealthiVertLib.engines.neighbours import gather_neighbours  # noqa: E402
+from HealthiVertLib.truth.simulate import simulate_fracture  # noqa: E402
+from HealthiVertLib.geometry.straighten import block_to_index_affine  # noqa: E402
 
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
@@ -57,9 +59,9 @@ def sample_case():
 
 def _target(case: Case, level: str):
     levels = spine_levels(case)
-    bodies = _Bodies(case, levels)
+    bodies = SpineBodies(case, levels)
     target = next(v for v in levels if v.level == level)
-    return bodies.get(target), _neighbours(target, levels, bodies)
+    return bodies.get(target), gather_neighbours(target, levels, bodies)
 
 
 # ----------------------------------------------------------------------------- band and SHRM
@@ -75,10 +77,10 @@ def _column_slices():
 
 def test_hide_replaces_the_target_by_a_centred_band_and_pushes_the_context_apart():
     hu, labels = _column_slices()
-    hid = gd.hide(hu, labels, 1, band_px=8, spacing=1.0, min_area_mm2=1)
+    hid = hide(hu, labels, 1, band_px=8, spacing=1.0, min_area_mm2=1)
     assert hid.valid[0] and (hid.x1[0], hid.x2[0], hid.top[0], hid.band[0]) == (8, 11, 6, 8)
     assert np.array_equal(np.flatnonzero(hid.mask[0, :, 0]), np.arange(6, 14))
-    assert np.all(hid.hu[0, 6:14] == gd.AIR_HU) and not np.any(hid.labels[0] == 1)
+    assert np.all(hid.hu[0, 6:14] == AIR_HU) and not np.any(hid.labels[0] == 1)
     assert np.array_equal(np.flatnonzero(hid.labels[0, :, 0] == 2), [0, 1, 2, 3])  # up by 2 rows
     assert np.array_equal(np.flatnonzero(hid.labels[0, :, 0] == 3), [16, 17, 18, 19])  # down by 2 rows
     assert hid.hu[0, 5, 0] == hu[0, 7, 0] and hid.hu[0, 14, 0] == hu[0, 12, 0]  # the disc rows follow
@@ -88,12 +90,12 @@ def test_hide_replaces_the_target_by_a_centred_band_and_pushes_the_context_apart
 
 def test_hide_gives_a_band_at_least_the_vertebra_plus_margin_and_flags_unusable_slices():
     hu, labels = _column_slices()
-    hid = gd.hide(hu, labels, 1, band_px=2, spacing=1.0, min_area_mm2=1)
+    hid = hide(hu, labels, 1, band_px=2, spacing=1.0, min_area_mm2=1)
     assert hid.band[0] == 4 + 2  # never shorter than the vertebra + 2 mm
-    assert not gd.hide(hu, labels, 5, 8, 1.0, min_area_mm2=1).valid[0]  # absent vertebra
+    assert not hide(hu, labels, 5, 8, 1.0, min_area_mm2=1).valid[0]  # absent vertebra
     top = labels.copy()
     top[0, 0:4] = 1
-    assert not gd.hide(hu, top, 1, 8, 1.0, min_area_mm2=1).valid[0]  # touches the edge of the slice
+    assert not hide(hu, top, 1, 8, 1.0, min_area_mm2=1).valid[0]  # touches the edge of the slice
 
 
 def test_shrm_restores_the_predicted_height_and_pushes_neighbours_apart():
@@ -101,7 +103,7 @@ def test_shrm_restores_the_predicted_height_and_pushes_neighbours_apart():
     gen_hu = np.full_like(hu, 500.0)
     gen_seg = np.zeros_like(hu)
     gen_seg[0, 6:14] = 0.9
-    out = gd.shrm_compose(hu, labels, gen_hu, gen_seg, np.array([8]), np.array([11]), np.array([7.3]), 1)
+    out = shrm_compose(hu, labels, gen_hu, gen_seg, np.array([8]), np.array([11]), np.array([7.3]), 1)
     assert out.height_px[0] == 8  # ceil(7.3) > current 4 rows
     assert np.array_equal(np.flatnonzero(out.labels[0, :, 0] == 1), np.arange(6, 14))  # centred on the old mid-row
     assert np.all(out.hu[0, 6:14] == 500.0) and np.all(out.seg[0, 6:14] == 0.9) and not out.seg[0, :6].any()
@@ -112,7 +114,7 @@ def test_shrm_restores_the_predicted_height_and_pushes_neighbours_apart():
 
 def test_shrm_never_makes_the_vertebra_shorter():
     hu, labels = _column_slices()
-    out = gd.shrm_compose(hu, labels, np.full_like(hu, 500.0), np.ones_like(hu), np.array([8]), np.array([11]),
+    out = shrm_compose(hu, labels, np.full_like(hu, 500.0), np.ones_like(hu), np.array([8]), np.array([11]),
                           np.array([1.0]), 1)
     assert out.height_px[0] == 4
     assert np.array_equal(np.flatnonzero(out.moved[0]), np.arange(8, 12))  # only the vertebra's rows change
@@ -127,9 +129,9 @@ def test_band_comes_from_the_neighbours_so_a_fracture_does_not_shrink_it(sample_
     fractured = Case("crushed", crushed, None, None, case.scheme)
     body_f, neighbours_f = _target(fractured, "L3")
     assert body_f.heights().max() < 0.8 * body.heights().max()
-    before = gd.neighbourhood_members(body, "L3", neighbours, 1.5)[0].band_px
-    after = gd.neighbourhood_members(body_f, "L3", neighbours_f, 1.5)[0].band_px
-    assert before == after == gd.band_rows(gd.expected_height_mm(body, neighbours), 1.5)
+    before = neighbourhood_members(body, "L3", neighbours, 1.5)[0].band_px
+    after = neighbourhood_members(body_f, "L3", neighbours_f, 1.5)[0].band_px
+    assert before == after == band_rows(expected_height_mm(body, neighbours), 1.5)
 
 
 # ----------------------------------------------------------------------------- engine
@@ -150,7 +152,7 @@ def test_both_views_are_batched_one_forward_per_view_and_pass(weights, sample_ca
     finally:
         for h in hooks:
             h.remove()
-    n_slices = {v: len(gd.slice_positions(body, v, engine.slice_step)) for v in gd.VIEWS}
+    n_slices = {v: len(slice_positions(body, v, engine.slice_step)) for v in VIEWS}
     # L2 above, L4 below, then L3: three passes per view, each one batched forward of both stages
     assert n_iterative == 2 * 3 and calls["fine"][:6] == calls["coarse"][:6]
     assert calls["coarse"][6:] == [n_slices["sagittal"], n_slices["coronal"]]
@@ -247,14 +249,14 @@ def test_published_checkpoint_runs_sagittal_with_the_fixed_40_mm_band(tmp_path):
 
 
 def test_importing_the_core_does_not_import_torch():
-    code = ("import sys, HealthiVertLib.engines, HealthiVertLib.pipeline, HealthiVertLib.cli; "
+    code = ("import sys, HealthiVertLib.engines, HealthiVertLib.pipeline, HealthiVertLib.app.cli; "
             "sys.exit(1 if 'torch' in sys.modules else 0)")
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
 
 
 def test_hgam_classifier_named_in_the_card_feeds_one_minus_cam_to_the_sagittal_passes(tmp_path, weights, sample_case):
-    from HealthiVertLib.generator.hgam import ClassifierConfig, FractureClassifier
-    from HealthiVertLib.generator.weights import load_generator, read_model_card
+    from HealthiVertLib.engines.generator.hgam import ClassifierConfig, FractureClassifier
+    from HealthiVertLib.engines.generator.weights import load_generator, read_model_card
 
     gen = load_generator(weights)
     card = read_model_card(weights)

@@ -1,4 +1,4 @@
-"""HealthiVert-GAN networks, losses, HGAM and weight files (HealthiVertLib.generator), on CPU.
+"""HealthiVert-GAN networks, losses, HGAM and weight files (HealthiVertLib.engines.generator), on CPU.
 
 The published checkpoint format is checked against its tensor manifest (Testing/Data/healthivert/
 latest_net_G_manifest.txt, from the MIT HealthiVert-GAN repository); a checkpoint with random
@@ -21,35 +21,14 @@ pytest.importorskip("safetensors")
 from torch import nn  # noqa: E402
 
 from HealthiVertLib.errors import HealthiVertError  # noqa: E402
-from HealthiVertLib.generator import (  # noqa: E402
-    ClassifierConfig,
-    ContextualAttention,
-    Discriminators,
-    FractureClassifier,
-    Generator,
-    GeneratorConfig,
-    LossTargets,
-    LossWeights,
-    ModelCard,
-    attention_from_cam,
-    count_parameters,
-    discriminator_loss,
-    generator_loss,
-    grad_cam_pp,
-    hu_to_model,
-    load_classifier,
-    load_generator,
-    load_reference_checkpoint,
-    model_to_hu,
-    read_model_card,
-    save_weights,
-    sobel_edges,
-    train_classifier,
-    uniform_attention,
-)
-from HealthiVertLib.generator.losses import band_l1  # noqa: E402
-from HealthiVertLib.generator.networks import ConvBlock  # noqa: E402
-from HealthiVertLib.generator.weights import effective_conv_weight  # noqa: E402
+from HealthiVertLib.engines.generator.hgam import ClassifierConfig, FractureClassifier, attention_from_cam, grad_cam_pp, uniform_attention  # noqa: E402
+from HealthiVertLib.engines.generator.networks import ContextualAttention, Discriminators, Generator, GeneratorConfig, count_parameters, hu_to_model, model_to_hu  # noqa: E402
+from HealthiVertLib.engines.generator.weights import ModelCard, load_classifier, load_generator, load_reference_checkpoint, read_model_card, save_weights  # noqa: E402
+from HealthiVertLib.training.hgam import train_classifier  # noqa: E402
+from HealthiVertLib.training.losses import LossTargets, LossWeights, discriminator_loss, generator_loss, sobel_edges  # noqa: E402
+from HealthiVertLib.training.losses import band_l1  # noqa: E402
+from HealthiVertLib.engines.generator.networks import ConvBlock  # noqa: E402
+from HealthiVertLib.engines.generator.weights import effective_conv_weight  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 MANIFEST = Path(__file__).resolve().parents[1] / "Data" / "healthivert" / "latest_net_G_manifest.txt"

@@ -21,11 +21,13 @@ pytest.importorskip("safetensors")
 pytest.importorskip("skimage")
 
 from HealthiVertLib.errors import HealthiVertError  # noqa: E402
-from HealthiVertLib.generator import data as gd  # noqa: E402
-from HealthiVertLib.generator.losses import LossWeights  # noqa: E402
-from HealthiVertLib.generator.networks import Discriminators, Generator  # noqa: E402
-from HealthiVertLib.generator.train import TrainOptions, load_checkpoint, train, train_step, to_torch  # noqa: E402
-from HealthiVertLib.generator.weights import load_generator, read_model_card  # noqa: E402
+from HealthiVertLib.engines.generator.slices import band_rows  # noqa: E402
+from HealthiVertLib.io.labels import verse_label  # noqa: E402
+from HealthiVertLib.training.generator_data import SliceSampler, case_records, folder_sources, phantom_source  # noqa: E402
+from HealthiVertLib.training.losses import LossWeights  # noqa: E402
+from HealthiVertLib.engines.generator.networks import Discriminators, Generator  # noqa: E402
+from HealthiVertLib.training.generator import TrainOptions, load_checkpoint, train, train_step, to_torch  # noqa: E402
+from HealthiVertLib.engines.generator.weights import load_generator, read_model_card  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = dict(rows=48, cols=32, spacing=3.0, ngf=4, ndf=8, phantom_levels="L1-L3", batch_size=2, threads=1,
@@ -37,12 +39,12 @@ pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 @pytest.fixture(scope="module")
 def records():
-    src = gd.phantom_source(7, levels="L1-L3")
-    return gd.case_records(src.case, (48, 32), 3.0, src.healthy, margin=15)
+    src = phantom_source(7, levels="L1-L3")
+    return case_records(src.case, (48, 32), 3.0, src.healthy, margin=15)
 
 
 def test_samples_follow_the_band_definition(records):
-    sampler = gd.SliceSampler(records, (48, 32), 3.0)
+    sampler = SliceSampler(records, (48, 32), 3.0)
     b = sampler.batch(6, np.random.default_rng(0))
     assert b["ct"].shape == (6, 1, 48, 32) and b["ratio"].shape == (6,)
     for i in range(6):
@@ -59,7 +61,7 @@ def test_samples_follow_the_band_definition(records):
 
 def test_band_rule_is_in_millimetres():
     # 1.5 x the expected height, rounded up to an even number of rows, at any pixel spacing
-    assert gd.band_rows(30.0, 1.0) == 46 and gd.band_rows(30.0, 1.5) == 30 and gd.band_rows(20.0, 1.0) == 30
+    assert band_rows(30.0, 1.0) == 46 and band_rows(30.0, 1.5) == 30 and band_rows(20.0, 1.0) == 30
 
 
 def _tiny_model(seed: int = 0):
@@ -73,7 +75,7 @@ def test_a_tiny_training_run_lowers_the_loss(records):
     opt_g = torch.optim.Adam(model.parameters(), lr=1e-3, betas=(0.5, 0.999))
     opt_d = torch.optim.Adam(discs.parameters(), lr=1e-3, betas=(0.5, 0.999))
     scaler = torch.amp.GradScaler("cuda", enabled=False)
-    batch = to_torch(gd.SliceSampler(records, (48, 32), 3.0).batch(4, np.random.default_rng(1)), torch.device("cpu"))
+    batch = to_torch(SliceSampler(records, (48, 32), 3.0).batch(4, np.random.default_rng(1)), torch.device("cpu"))
     losses = []
     for _ in range(25):
         g, _, terms, _ = train_step(model, discs, opt_g, opt_d, scaler, batch, cfg, LossWeights())
@@ -86,7 +88,7 @@ def test_every_generator_loss_term_is_finite_and_reaches_the_generator(records):
     opt_g = torch.optim.Adam(model.parameters(), lr=1e-4)
     opt_d = torch.optim.Adam(discs.parameters(), lr=1e-4)
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    batch = to_torch(gd.SliceSampler(records, (48, 32), 3.0).batch(2, np.random.default_rng(2)), torch.device("cpu"))
+    batch = to_torch(SliceSampler(records, (48, 32), 3.0).batch(2, np.random.default_rng(2)), torch.device("cpu"))
     g, d, g_terms, d_terms = train_step(model, discs, opt_g, opt_d, torch.amp.GradScaler("cuda", enabled=False),
                                         batch, cfg, LossWeights())
     assert np.isfinite(g) and np.isfinite(d) and all(np.isfinite(v) for v in {**g_terms, **d_terms}.values())
@@ -130,7 +132,7 @@ def test_resume_from_a_checkpoint_of_another_architecture_is_refused(tmp_path):
 DRIVER = """
 import hashlib, json, os, sys
 import torch
-from HealthiVertLib.generator.train import TrainOptions, train
+from HealthiVertLib.training.generator import TrainOptions, train
 opts = TrainOptions(out=sys.argv[1], phantoms=2, val_phantoms=0, steps=3, checkpoint_every=3, rows=48, cols=32,
                     spacing=3.0, ngf=4, ndf=8, phantom_levels="L1-L3", batch_size=2, threads=1, progress=False)
 model, _ = train(opts)
@@ -164,15 +166,15 @@ def test_torchrun_two_gloo_processes_keep_identical_parameters(tmp_path):
 
 
 def test_dataset_folders_take_healthy_targets_from_the_grade_file(tmp_path):
-    from HealthiVertLib.grading import read_grade_file
-    from HealthiVertLib.phantom import write_dataset
+    from HealthiVertLib.io.grades import read_grade_file
+    from HealthiVertLib.truth.phantom_dataset import write_dataset
 
     manifest = write_dataset(tmp_path / "ds", 1, seed=3, levels="L1-L3", spacing=[2.0], fractures_per_case=(1, 1))
-    (src,) = gd.folder_sources(manifest, tmp_path / "ds" / "vertebra_data.json", max_grade=0)
+    (src,) = folder_sources(manifest, tmp_path / "ds" / "vertebra_data.json", max_grade=0)
     grades = {lv: g for (case, lv), g in read_grade_file(tmp_path / "ds" / "vertebra_data.json").items()}
     assert src.case.ct is not None and len(grades) == 3
     assert set(src.healthy) == {"L1", "L2", "L3"}
-    by_level = {lv: grades[gd.verse_label(lv)] for lv in src.healthy}
+    by_level = {lv: grades[verse_label(lv)] for lv in src.healthy}
     assert src.healthy == {lv: g <= 0 for lv, g in by_level.items()} and not all(src.healthy.values())
-    records = gd.case_records(src.case, (48, 32), 3.0, src.healthy)
+    records = case_records(src.case, (48, 32), 3.0, src.healthy)
     assert {r.level for r in records} <= {lv for lv, ok in src.healthy.items() if ok}

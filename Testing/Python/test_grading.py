@@ -1,4 +1,4 @@
-"""Tests of HealthiVertLib.grading: numpy SVM vs scikit-learn, grader files, Genant rule, grade files."""
+"""Tests of HealthiVertLib.measure.grading: numpy SVM vs scikit-learn, grader files, Genant rule, grade files."""
 
 from __future__ import annotations
 
@@ -14,15 +14,9 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC
 
 from HealthiVertLib.errors import HealthiVertError
-from HealthiVertLib.grading import (
-    GRADER_FEATURES,
-    SVMGrader,
-    genant_rule,
-    load_default_grader,
-    read_grade_file,
-    read_grade_splits,
-    train_from_tables,
-)
+from HealthiVertLib.measure.grading import GRADER_FEATURES, SVMGrader, genant_rule, load_default_grader
+from HealthiVertLib.io.grades import read_grade_file, read_grade_splits
+from HealthiVertLib.training.grader import train_from_tables
 
 DATA = Path(__file__).resolve().parents[1] / "Data" / "healthivert"
 

@@ -1,6 +1,6 @@
 """HGAM: the fracture classifier's training data, training, shipped weights, batched attention and
-the engine's no-HGAM fallback. Phantoms and fractures are simulated (HealthiVertLib.phantom,
-HealthiVertLib.simulate); the shipped classifier was trained on other phantom seeds."""
+the engine's no-HGAM fallback. Phantoms and fractures are simulated (HealthiVertLib.truth.phantom,
+HealthiVertLib.truth.simulate); the shipped classifier was trained on other phantom seeds."""
 
 from __future__ import annotations
 
@@ -15,13 +15,15 @@ pytest.importorskip("safetensors")
 from conftest import SAMPLE_CT, SAMPLE_SEG  # noqa: E402
 
 from HealthiVertLib.errors import HealthiVertError  # noqa: E402
-from HealthiVertLib.generator import data as gd  # noqa: E402
-from HealthiVertLib.generator import hgam  # noqa: E402
-from HealthiVertLib.generator.networks import Generator, GeneratorConfig  # noqa: E402
-from HealthiVertLib.generator.weights import ModelCard, load_classifier, read_model_card, save_weights  # noqa: E402
-from HealthiVertLib.io import Case, load_case  # noqa: E402
-from HealthiVertLib.labels import level_position  # noqa: E402
-from HealthiVertLib.simulate import simulate_fracture  # noqa: E402
+from HealthiVertLib.training.generator_data import phantom_source  # noqa: E402
+from HealthiVertLib.engines.generator import hgam  # noqa: E402
+from HealthiVertLib.engines.generator.hgam import ClassifierConfig, DEFAULT_CLASSIFIER, FractureClassifier, hgam_attention  # noqa: E402
+from HealthiVertLib.training.hgam import CLEAR_LEVELS, build_dataset, fractured_phantom, sagittal_slices, split_seeds, train_classifier  # noqa: E402
+from HealthiVertLib.engines.generator.networks import Generator, GeneratorConfig  # noqa: E402
+from HealthiVertLib.engines.generator.weights import ModelCard, load_classifier, read_model_card, save_weights  # noqa: E402
+from HealthiVertLib.io.case import Case, load_case  # noqa: E402
+from HealthiVertLib.io.labels import level_position  # noqa: E402
+from HealthiVertLib.truth.simulate import simulate_fracture  # noqa: E402
 
 SMALL = (48, 32)  # rows, columns at 3 mm: fast slices for the data tests
 SMALL_MM = 3.0
@@ -33,7 +35,7 @@ pytestmark = pytest.mark.usefixtures("torch_one_thread")
 @pytest.fixture(scope="module")
 def small_set():
     # seeds 200000 and 200001 hold fractured and healthy vertebrae (checked below)
-    return hgam.build_dataset([200_000, 200_001], SMALL, SMALL_MM, step_mm=6.0)
+    return build_dataset([200_000, 200_001], SMALL, SMALL_MM, step_mm=6.0)
 
 
 def test_dataset_labels_shapes_and_cases(small_set):
@@ -52,26 +54,26 @@ def test_dataset_labels_shapes_and_cases(small_set):
         broken = {level_position(lv) for lv in set(levels[mine & (ds.labels == 1)])}
         assert all(len(set(ds.labels[mine & (levels == lv)].tolist())) == 1 for lv in set(levels[mine]))
         for lv in set(levels[mine & (ds.labels == 0)]):
-            assert all(abs(p - level_position(lv)) > hgam.CLEAR_LEVELS for p in broken)
-    _, grades = hgam.fractured_phantom(200_000)
+            assert all(abs(p - level_position(lv)) > CLEAR_LEVELS for p in broken)
+    _, grades = fractured_phantom(200_000)
     assert {lv: g for lv, g in zip(levels[ds.cases == 0], ds.grades[ds.cases == 0])}.items() <= grades.items()
 
 
 def test_dataset_is_deterministic_and_split_by_case(small_set):
-    again = hgam.build_dataset([200_000], SMALL, SMALL_MM, step_mm=6.0)
+    again = build_dataset([200_000], SMALL, SMALL_MM, step_mm=6.0)
     first = small_set.subset(small_set.cases == 0)
     assert np.array_equal(again.images, first.images) and np.array_equal(again.labels, first.labels)
-    train, val = hgam.split_seeds(40, 10, seed=3)
-    assert (train, val) == hgam.split_seeds(40, 10, seed=3)
+    train, val = split_seeds(40, 10, seed=3)
+    assert (train, val) == split_seeds(40, 10, seed=3)
     assert len(train) == 40 and len(val) == 10 and not set(train) & set(val)
-    assert hgam.split_seeds(40, 10, seed=4)[0][0] != train[0]
+    assert split_seeds(40, 10, seed=4)[0][0] != train[0]
 
 
 def test_a_few_training_epochs_lower_the_loss(small_set):
     torch.manual_seed(0)
-    model = hgam.FractureClassifier(hgam.ClassifierConfig(width=8, image_size=SMALL, spacing_mm=(SMALL_MM, SMALL_MM)))
+    model = FractureClassifier(ClassifierConfig(width=8, image_size=SMALL, spacing_mm=(SMALL_MM, SMALL_MM)))
     x, y = torch.from_numpy(small_set.images), torch.from_numpy(small_set.labels)
-    history = hgam.train_classifier(model, x, y, epochs=4, batch_size=16, lr=3e-3, seed=0)
+    history = train_classifier(model, x, y, epochs=4, batch_size=16, lr=3e-3, seed=0)
     assert len(history) == 4 and history[-1] < 0.7 * history[0]
     assert not model.training
 
@@ -79,20 +81,20 @@ def test_a_few_training_epochs_lower_the_loss(small_set):
 def _held_out_slices():
     """Central sagittal slices of a crushed (40 %) and a healthy vertebra of a phantom the shipped
     classifier never saw, in the shipped geometry."""
-    cfg = load_classifier(hgam.DEFAULT_CLASSIFIER).config
-    src = gd.phantom_source(7, fractures=0, levels="T7-L3")
+    cfg = load_classifier(DEFAULT_CLASSIFIER).config
+    src = phantom_source(7, fractures=0, levels="T7-L3")
     sim = simulate_fracture(src.case.seg, vertebra="L1", kind="crush", loss=0.4, ct=src.case.ct, labels="verse", seed=1)
     assert sim.truth["fractures"]["L1"]["genant_grade"] >= 2
     case = Case("held-out", sim.seg, sim.ct, None, src.case.scheme)
-    slices = hgam.sagittal_slices(case, cfg.image_size, cfg.spacing_mm[0], 3.0)
+    slices = sagittal_slices(case, cfg.image_size, cfg.spacing_mm[0], 3.0)
     central = {lv: s[len(s) // 2] for lv, s in slices.items()}
     return np.stack([central["L1"], central["T8"]])[:, None]
 
 
 def test_shipped_classifier_tells_a_crush_fracture_from_a_healthy_vertebra():
-    assert hgam.DEFAULT_CLASSIFIER.exists(), "the HGAM classifier weights are part of the package"
-    model = load_classifier(hgam.DEFAULT_CLASSIFIER)
-    card = read_model_card(hgam.DEFAULT_CLASSIFIER)
+    assert DEFAULT_CLASSIFIER.exists(), "the HGAM classifier weights are part of the package"
+    model = load_classifier(DEFAULT_CLASSIFIER)
+    card = read_model_card(DEFAULT_CLASSIFIER)
     assert card.kind == "hgam_classifier" and "simulated" in card.notice
     assert card.validation_metrics["roc_auc"] > 0.5 and card.validation_metrics["accuracy"] > 0.5
     with torch.no_grad():
@@ -102,7 +104,7 @@ def test_shipped_classifier_tells_a_crush_fracture_from_a_healthy_vertebra():
 
 def test_attention_is_one_batched_pass_and_one_in_the_band():
     torch.manual_seed(0)
-    model = hgam.FractureClassifier(hgam.ClassifierConfig(width=8, image_size=SMALL)).eval()
+    model = FractureClassifier(ClassifierConfig(width=8, image_size=SMALL)).eval()
     calls = []
     handle = model.register_forward_hook(lambda m, i, o: calls.append(i[0].shape[0]))
     x = torch.rand(5, 1, *SMALL) * 2 - 1
@@ -110,7 +112,7 @@ def test_attention_is_one_batched_pass_and_one_in_the_band():
     band[:, :, 20:30] = 1
     try:
         with torch.inference_mode():  # the engine's mode: the CAM still gets its gradients
-            att = hgam.hgam_attention(model, x, band)
+            att = hgam_attention(model, x, band)
     finally:
         handle.remove()
     assert calls == [5]
@@ -129,20 +131,21 @@ def _tiny_generator(path):
 
 
 def test_engine_uses_hgam_when_weights_fit_and_falls_back_to_uniform_otherwise(tmp_path, monkeypatch):
-    from HealthiVertLib.generator.engine import GeneratorEngine
-    from HealthiVertLib.pipeline import _Bodies, _neighbours, spine_levels
+    from HealthiVertLib.engines.generator.engine import GeneratorEngine
+    from HealthiVertLib.geometry.spine import SpineBodies, spine_levels
+    from HealthiVertLib.engines.neighbours import gather_neighbours
 
     gen_path = tmp_path / "gen.safetensors"
     cfg = _tiny_generator(gen_path)
     clf_path = tmp_path / "clf.safetensors"
-    ccfg = hgam.ClassifierConfig(width=8, image_size=cfg.image_size, spacing_mm=cfg.spacing_mm)
-    save_weights(hgam.FractureClassifier(ccfg), clf_path,
+    ccfg = ClassifierConfig(width=8, image_size=cfg.image_size, spacing_mm=cfg.spacing_mm)
+    save_weights(FractureClassifier(ccfg), clf_path,
                  ModelCard(kind="hgam_classifier", config=ccfg.to_dict(), training_data="none", training_command="(test)"))
     case = load_case(SAMPLE_SEG, SAMPLE_CT)
     levels = spine_levels(case)
-    bodies = _Bodies(case, levels)
+    bodies = SpineBodies(case, levels)
     target = next(v for v in levels if v.level == "L3")
-    body, neighbours = bodies.get(target), _neighbours(target, levels, bodies)
+    body, neighbours = bodies.get(target), gather_neighbours(target, levels, bodies)
 
     def run(engine):
         seen = []
@@ -174,8 +177,8 @@ def test_engine_uses_hgam_when_weights_fit_and_falls_back_to_uniform_otherwise(t
 
     assert GeneratorEngine(weights=gen_path, device="cpu", hgam=False).classifier is None
     wrong = tmp_path / "wrong.safetensors"
-    wcfg = hgam.ClassifierConfig(width=8, image_size=(64, 64), spacing_mm=(1.0, 1.0))
-    save_weights(hgam.FractureClassifier(wcfg), wrong,
+    wcfg = ClassifierConfig(width=8, image_size=(64, 64), spacing_mm=(1.0, 1.0))
+    save_weights(FractureClassifier(wcfg), wrong,
                  ModelCard(kind="hgam_classifier", config=wcfg.to_dict(), training_data="none", training_command="(test)"))
     with pytest.raises(HealthiVertError, match="train-hgam"):
         GeneratorEngine(weights=gen_path, device="cpu", hgam=wrong)
@@ -186,7 +189,7 @@ def test_engine_uses_hgam_when_weights_fit_and_falls_back_to_uniform_otherwise(t
 
 
 def test_train_hgam_command_writes_weights_and_an_honest_model_card(tmp_path, capsys):
-    from HealthiVertLib.cli import main
+    from HealthiVertLib.app.cli import main
 
     out = tmp_path / "hgam"
     assert main(["train-hgam", "--out", str(out), "--cases", "2", "--val-cases", "1", "--epochs", "1",

@@ -12,22 +12,13 @@ import pytest
 import SimpleITK as sitk
 
 from HealthiVertLib.errors import HealthiVertError
-from HealthiVertLib.io import (
-    Case,
-    case_name_from_path,
-    check_same_grid,
-    label_centroids,
-    label_voxel_counts,
-    load_case,
-    read_ct,
-    read_image,
-    read_label_map,
-    write_text_atomic,
-)
-from HealthiVertLib.labels import TOTALSEG, VERSE
+from HealthiVertLib.io.case import Case, case_name_from_path, load_case
+from HealthiVertLib.io.images import check_same_grid, label_centroids, label_voxel_counts, read_ct, read_image, read_label_map
+from HealthiVertLib.io.files import write_text_atomic
+from HealthiVertLib.io.labels import TOTALSEG, VERSE
 
 from conftest import DATA, TPT_CT as TPTBOX_CT, TPT_SEG as TPTBOX_VERT, TPT_SUB as TPTBOX_SUBREG
-from HealthiVertLib.cli import SAMPLE_DIR as SAMPLE
+from HealthiVertLib.io.resources import SAMPLE_DIR as SAMPLE
 
 
 def write(image: sitk.Image, path: Path) -> Path:

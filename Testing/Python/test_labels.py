@@ -1,4 +1,4 @@
-"""Tests of HealthiVertLib.labels: level names, numbering schemes and their detection on real maps."""
+"""Tests of HealthiVertLib.io.labels: level names, numbering schemes and their detection on real maps."""
 
 from __future__ import annotations
 
@@ -11,26 +11,11 @@ import pytest
 import SimpleITK as sitk
 
 from HealthiVertLib.errors import HealthiVertError
-from HealthiVertLib.io import label_centroids, label_voxel_counts
-from HealthiVertLib.labels import (
-    LEVELS,
-    TOTALSEG,
-    VERSE,
-    LabelScheme,
-    body_labels,
-    detect_scheme,
-    is_gradable,
-    level_from_name,
-    level_position,
-    normalize_level,
-    resolve_scheme,
-    scheme_from_dataset_json,
-    verse_label,
-    vertebra_labels_present,
-)
+from HealthiVertLib.io.images import label_centroids, label_voxel_counts
+from HealthiVertLib.io.labels import LEVELS, TOTALSEG, VERSE, LabelScheme, body_labels, detect_scheme, is_gradable, level_from_name, level_position, normalize_level, resolve_scheme, scheme_from_dataset_json, verse_label, vertebra_labels_present
 
 from conftest import DATA, TPT_CT as TPTBOX_CT, TPT_SEG as TPTBOX_VERT, TPT_SUB as TPTBOX_SUBREG
-from HealthiVertLib.cli import SAMPLE_DIR as SAMPLE
+from HealthiVertLib.io.resources import SAMPLE_DIR as SAMPLE
 TS_VERTEBRAE_PP = DATA / "totalsegmentator" / "ts_vertebrae_pp_refined.nii.gz"
 HV_0007 = DATA / "healthivert" / "0007_msk.nii.gz"
 
@@ -350,7 +335,7 @@ def test_body_labels_without_body(values):
 
 
 def test_spine_ranks_count_transitional_levels_only_when_present():
-    from HealthiVertLib.labels import spine_ranks
+    from HealthiVertLib.io.labels import spine_ranks
 
     plain = spine_ranks(["T11", "T12", "L1", "L5", "S1"])
     assert plain["L1"] - plain["T12"] == 1 and plain["S1"] - plain["L5"] == 1

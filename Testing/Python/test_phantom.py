@@ -10,14 +10,14 @@ import pytest
 import SimpleITK as sitk
 from scipy import ndimage
 
-from HealthiVertLib.cli import main
+from HealthiVertLib.app.cli import main
 from HealthiVertLib.errors import HealthiVertError
-from HealthiVertLib.grading import read_grade_file, read_grade_splits
-from HealthiVertLib.io import Case
-from HealthiVertLib.labels import VERSE, body_labels
-from HealthiVertLib.phantom import HU, KIRSCHKE, direction_from_code, make_phantom, parse_levels
-from HealthiVertLib.pipeline import grade_case
-from HealthiVertLib.results import GRADED
+from HealthiVertLib.io.grades import read_grade_file, read_grade_splits
+from HealthiVertLib.io.case import Case
+from HealthiVertLib.io.labels import VERSE, body_labels
+from HealthiVertLib.truth.phantom import HU, KIRSCHKE, direction_from_code, make_phantom, parse_levels
+from HealthiVertLib.pipeline.case import grade_case
+from HealthiVertLib.pipeline.records import GRADED
 
 LUMBAR = ["L1", "L2", "L3", "L4", "L5"]
 THIRDS = ("anterior", "middle", "posterior")
@@ -152,7 +152,7 @@ def test_totalsegmentator_subregions_and_bad_requests():
 
 
 def test_simulated_wedge_on_a_phantom_grades_at_least_moderate(lumbar):
-    simulate = pytest.importorskip("HealthiVertLib.simulate")
+    simulate = pytest.importorskip("HealthiVertLib.truth.simulate")
     sim = simulate.simulate_fracture(lumbar.seg, vertebra="L2", kind="wedge", loss=0.35, ct=lumbar.ct,
                                      body=lumbar.body, labels="verse", seed=1)
     case = Case("wedge", sim.seg, sim.ct, sim.body, VERSE)

@@ -9,13 +9,13 @@ import pytest
 import SimpleITK as sitk
 from conftest import DATA, SAMPLE_CT, SAMPLE_SEG, TPT_SEG, TPT_SUB
 
-from HealthiVertLib.engines import expected_height
+from HealthiVertLib.engines.neighbours import expected_height
 from HealthiVertLib.errors import HealthiVertError
-from HealthiVertLib.io import load_case
-from HealthiVertLib.phantom import make_phantom
-from HealthiVertLib.pipeline import grade_case
-from HealthiVertLib.results import GRADED, INCOMPLETE, NO_CONTEXT
-from HealthiVertLib.simulate import simulate_fracture
+from HealthiVertLib.io.case import load_case
+from HealthiVertLib.truth.phantom import make_phantom
+from HealthiVertLib.pipeline.case import grade_case
+from HealthiVertLib.pipeline.records import GRADED, INCOMPLETE, NO_CONTEXT
+from HealthiVertLib.truth.simulate import simulate_fracture
 
 
 def _by_level(result):

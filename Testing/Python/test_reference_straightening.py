@@ -10,13 +10,7 @@ import pytest
 import SimpleITK as sitk
 
 from HealthiVertLib.errors import HealthiVertError
-from HealthiVertLib.reference import (
-    crop_straightened,
-    reference_centroids,
-    reference_crop,
-    reference_crop_from_image,
-    reference_straighten,
-)
+from HealthiVertLib.geometry.reference import crop_straightened, reference_centroids, reference_crop, reference_crop_from_image, reference_straighten
 
 DATA = Path(__file__).resolve().parents[1] / "Data" / "healthivert"
 GOLDEN_LABELS = [18, 19, 20, 21, 22, 23]

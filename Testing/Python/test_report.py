@@ -1,4 +1,4 @@
-"""Tests of HealthiVertLib.report: report.json/csv, volumes, figures, index.html, atomic overwrite."""
+"""Tests of HealthiVertLib.outputs: report.json/csv, volumes, figures, index.html, atomic overwrite."""
 
 from __future__ import annotations
 
@@ -10,8 +10,11 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from HealthiVertLib import report
-from HealthiVertLib.results import GENANT_POINTS, INCOMPLETE, REGIONS, CaseResult, VertebraResult, VertebraViews
+from HealthiVertLib.outputs.figures import FIGURE_KINDS, FIGURE_MAKERS, draw_figure, draw_all
+from HealthiVertLib.outputs.report import write_outputs
+from HealthiVertLib.outputs.tables import CSV_COLUMNS, summary_table
+from HealthiVertLib.measure.heights import GENANT_POINTS, REGIONS
+from HealthiVertLib.pipeline.records import INCOMPLETE, CaseResult, VertebraResult, VertebraViews
 
 EVIL_CASE = "case<script>alert('x')</script>&1"
 
@@ -99,7 +102,7 @@ def make_result(case: str = EVIL_CASE, views: VertebraViews | None = None) -> Ca
 def written(tmp_path_factory) -> tuple[Path, dict[str, Path], CaseResult]:
     out = tmp_path_factory.mktemp("report") / "out"
     result = make_result()
-    files = report.write_outputs(result, out)
+    files = write_outputs(result, out)
     return out, files, result
 
 
@@ -138,7 +141,7 @@ def test_csv(written):
         reader = csv.reader(fh)
         header = next(reader)
         rows = [dict(zip(header, r)) for r in reader]
-    assert tuple(header) == report.CSV_COLUMNS
+    assert tuple(header) == CSV_COLUMNS
     assert len(rows) == 2
     l1, l5 = rows
     assert l1["case"] == EVIL_CASE and l1["level"] == "L1" and l1["label"] == "20"
@@ -170,7 +173,7 @@ def test_pngs_are_real_images(written):
     import matplotlib.image as mpimg
 
     out, _, _ = written
-    for kind in report.FIGURE_KINDS:
+    for kind in FIGURE_KINDS:
         img = mpimg.imread(out / "figures" / f"L1_{kind}.png")
         h, w = img.shape[:2]
         assert 300 <= h <= 1400 and 300 <= w <= 1400, (kind, img.shape)
@@ -181,7 +184,7 @@ def test_index_html(written):
     out, _, _ = written
     page = (out / "index.html").read_text(encoding="utf-8")
     assert "Research use only — not for diagnosis." in page
-    for kind in report.FIGURE_KINDS:
+    for kind in FIGURE_KINDS:
         assert f'src="figures/L1_{kind}.png"' in page
     for name in ("report.json", "report.csv", "height_loss.nii.gz", "pseudo_healthy_body_label.nii.gz",
                  "original_body_label.nii.gz"):
@@ -199,7 +202,7 @@ def test_overwrite_is_atomic_and_clean(tmp_path):
     out.mkdir()
     (out / "report.json").write_text('{"old": true}', encoding="utf-8")
     (out / "report.csv").write_text("old\n", encoding="utf-8")
-    report.write_outputs(make_result(case="case-2"), out)
+    write_outputs(make_result(case="case-2"), out)
     assert json.loads((out / "report.json").read_text(encoding="utf-8"))["case"] == "case-2"
     assert (out / "report.csv").read_text(encoding="utf-8").startswith("case,level,")
     listing = sorted(p.relative_to(out).as_posix() for p in out.rglob("*"))
@@ -207,7 +210,7 @@ def test_overwrite_is_atomic_and_clean(tmp_path):
 
 
 def test_summary_table():
-    text = report.summary_table(make_result(case="c"))
+    text = summary_table(make_result(case="c"))
     lines = text.splitlines()
     assert lines[0].split()[:2] == ["Level", "Status"]
     assert "L1" in lines[2] and "graded" in lines[2] and "39.1 %" in lines[2] and "0.81" in lines[2]
@@ -225,8 +228,8 @@ def test_degenerate_views_still_render(tmp_path):
     result = make_result(case="degenerate", views=views)
     result.vertebrae[0].rhlv = None
     result.vertebrae[0].heights_mm = None
-    files = report.write_outputs(result, tmp_path)
-    assert all(files[f"figures/L1_{k}.png"].stat().st_size > 1000 for k in report.FIGURE_KINDS)
+    files = write_outputs(result, tmp_path)
+    assert all(files[f"figures/L1_{k}.png"].stat().st_size > 1000 for k in FIGURE_KINDS)
 
 
 def test_threads_mask_only_and_no_pyplot(tmp_path):
@@ -240,14 +243,14 @@ def test_threads_mask_only_and_no_pyplot(tmp_path):
     results = [make_result(case="ct"), make_result(case="mask-only", views=mask_only)]
     results[1].loss_volume = results[1].healthy_label_volume = results[1].original_body_volume = None
     with ThreadPoolExecutor(2) as pool:
-        files = list(pool.map(lambda r: report.write_outputs(r, tmp_path / r.case), results))
+        files = list(pool.map(lambda r: write_outputs(r, tmp_path / r.case), results))
     for r in results:
         assert (tmp_path / r.case / "figures" / "L1_sagittal.png").is_file()
     assert "height_loss.nii.gz" in files[0]
     assert "height_loss.nii.gz" not in files[1] and not (tmp_path / "mask-only" / "height_loss.nii.gz").exists()
     code = (
-        "import sys; sys.path.insert(0, sys.argv[1]); import test_report as t; from HealthiVertLib import report;"
-        "report.ap_profile_figure(t.make_result().vertebrae[0]);"
+        "import sys; sys.path.insert(0, sys.argv[1]); import test_report as t; from HealthiVertLib.outputs.figures import ap_profile_figure;"
+        "ap_profile_figure(t.make_result().vertebrae[0]);"
         "assert 'matplotlib.pyplot' not in sys.modules, 'pyplot imported'"
     )
     subprocess.run([sys.executable, "-c", code, str(Path(__file__).parent)], check=True, timeout=60)
@@ -258,8 +261,8 @@ def test_figures_drawn_in_worker_processes_equal_one_by_one(monkeypatch):
     import multiprocessing
 
     vertebrae = [make_result().vertebrae[0] for _ in range(3)]
-    jobs = [(kind, v) for v in vertebrae for kind in report._FIGURE_MAKERS]
-    one_by_one = [report._draw(job) for job in jobs]
-    assert report._draw_all(jobs) == one_by_one
+    jobs = [(kind, v) for v in vertebrae for kind in FIGURE_MAKERS]
+    one_by_one = [draw_figure(job) for job in jobs]
+    assert draw_all(jobs) == one_by_one
     monkeypatch.setattr(multiprocessing, "get_all_start_methods", lambda: ["spawn"])  # no fork: sequential
-    assert report._draw_all(jobs) == one_by_one
+    assert draw_all(jobs) == one_by_one

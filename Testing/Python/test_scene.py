@@ -42,9 +42,11 @@ except ImportError as err:
 import slicerio  # noqa: E402
 import vtk  # noqa: E402
 
-from HealthiVertLib import cli, labels, scene  # noqa: E402
+from HealthiVertLib.app import cli  # noqa: E402
+from HealthiVertLib.io import labels  # noqa: E402
+from HealthiVertLib import scene  # noqa: E402
 from HealthiVertLib.errors import HealthiVertError  # noqa: E402
-from HealthiVertLib.results import GENANT_POINTS  # noqa: E402
+from HealthiVertLib.measure.heights import GENANT_POINTS  # noqa: E402
 
 
 class MRML(scene.StandaloneScene):
@@ -291,7 +293,7 @@ def test_scene_pseudo_healthy_ct_is_loaded_when_the_engine_writes_one(mrml, samp
     assert result.pseudo_healthy_ct is not None
     assert np.array_equal(slicer.util.arrayFromVolume(result.pseudo_healthy_ct), sitk.GetArrayFromImage(ct_image + 7))
     assert result.pseudo_healthy_ct.GetDisplayNode().GetWindow() == pytest.approx(400)
-    from HealthiVertLib.report import VOLUME_FILES
+    from HealthiVertLib.outputs.volumes import VOLUME_FILES
 
     assert scene.PSEUDO_HEALTHY_CT_FILE in VOLUME_FILES, "the file name the report writes"
 
@@ -325,7 +327,7 @@ def test_scene_segmentations_carry_snomed_terminology_in_the_seg_nrrd(mrml, samp
         for level, segment in segments.items():
             voxels = slicerio.segmentation.extract_segments(written, [(level, 1)])
             assert int((voxels["voxels"] > 0).sum()) == int((mask == graded[level]["label"]).sum()), level
-    colors = {s.GetName(): s.GetColor() for s in scene._segment_by_level(result.original_body).values()}
+    colors = {s.GetName(): s.GetColor() for s in scene.segments_by_level(result.original_body).values()}
     for level, color in colors.items():
         assert color == pytest.approx(scene.GRADE_COLORS[graded[level]["grade"]])
 
@@ -509,5 +511,5 @@ def test_scene_full_grading_of_the_sample_through_mrml(mrml, sample_run, tmp_pat
     assert result.table.GetNumberOfRows() == 2
     assert set(result.points) == {"L1", "L2"}
     assert mrml.sh.GetItemParent(mrml.sh.GetItemByDataNode(result.original_body)) == study
-    assert {s.GetName() for s in scene._segment_by_level(result.original_body).values()} == {"L1", "L2"}
+    assert {s.GetName() for s in scene.segments_by_level(result.original_body).values()} == {"L1", "L2"}
     assert any(line.startswith("L2: Genant grade 0") for line in scene.grades_summary(result.report))

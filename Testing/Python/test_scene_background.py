@@ -1,5 +1,5 @@
-"""The Slicer module's background run (HealthiVertLib.background), without Slicer: the exact child
-command the module starts (``python -m HealthiVertLib.cli grade ... --progress lines``) on the
+"""The Slicer module's background run (HealthiVertLib.app.background), without Slicer: the exact child
+command the module starts (``python -m HealthiVertLib.app.cli grade ... --progress lines``) on the
 sample case, progress parsing, the error message a user sees, and Cancel ending the process tree."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from conftest import SAMPLE_CT, SAMPLE_SEG
 
-from HealthiVertLib import background, cli
+from HealthiVertLib.app import background, cli
 
 ROOT = Path(__file__).resolve().parents[2]
 

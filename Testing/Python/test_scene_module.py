@@ -4,7 +4,7 @@ The Qt application cannot run here, so only what needs it is replaced: ``qt`` (s
 ``slicer.app`` (temporary folder, event loop), ``slicer.ScriptedLoadableModule`` and
 ``slicer.parameterNodeWrapper`` (PythonQt-based in Slicer). Everything else is real: the MRML
 scene and logics of slicer-core, the module's own code, the background ``python -m
-HealthiVertLib.cli`` process it starts, and the scene nodes it makes. The widget (GUI) is not
+HealthiVertLib.app.cli`` process it starts, and the scene nodes it makes. The widget (GUI) is not
 exercised here; ``HealthiVertTest`` does that inside Slicer.
 """
 

@@ -11,21 +11,18 @@ import pytest
 import SimpleITK as sitk
 from conftest import SAMPLE_BODY, SAMPLE_CT, SAMPLE_SEG, TPT_CT, TPT_SEG, TPT_SUB, sha256
 
-from HealthiVertLib import cli
-from HealthiVertLib.engines import HealthyPrediction, build_body
+from HealthiVertLib.app import cli
+from HealthiVertLib.engines.base import HealthyPrediction
+from HealthiVertLib.geometry.body import build_body
 from HealthiVertLib.errors import HealthiVertError
-from HealthiVertLib.io import load_case, read_ct, read_label_map
-from HealthiVertLib.pipeline import grade_case
-from HealthiVertLib.report import write_outputs
-from HealthiVertLib.results import GRADED
-from HealthiVertLib.simulate import (
-    AFFECTED_REGION,
-    COUNTERFACTUAL_LOSSES,
-    genant_grade,
-    simulate_fracture,
-    truth_heights_on,
-    write_simulated,
-)
+from HealthiVertLib.io.case import load_case
+from HealthiVertLib.io.images import read_ct, read_label_map
+from HealthiVertLib.pipeline.case import grade_case
+from HealthiVertLib.outputs.report import write_outputs
+from HealthiVertLib.pipeline.records import GRADED
+from HealthiVertLib.measure.fracture_model import AFFECTED_REGION
+from HealthiVertLib.measure.counterfactuals import COUNTERFACTUAL_LOSSES
+from HealthiVertLib.truth.simulate import genant_grade, simulate_fracture, truth_heights_on, write_simulated
 
 TPT_LABEL, SAMPLE_L3 = 22, 29  # L3 in VerSe (TPTBox) and TotalSegmentator (sample) numbering
 

@@ -8,7 +8,7 @@ import SimpleITK as sitk
 from conftest import SAMPLE_SEG
 
 from HealthiVertLib.errors import HealthiVertError
-from HealthiVertLib.straighten import LocalFrame, SpineCurve
+from HealthiVertLib.geometry.straighten import LocalFrame, SpineCurve
 
 
 @pytest.fixture(scope="module")

@@ -7,9 +7,9 @@
 * CMakeLists.txt, HealthiVert.s4ext and HealthiVert.json agree; icons are 128x128 PNG;
 * HealthiVert.py parses as Python 3.12, imports only stdlib/slicer/vtk/qt/ctk/HealthiVertLib at
   file scope, and has the module/parameter node/widget/logic/test classes;
-* the core package never imports slicer, qt or vtk (a future HealthiVertLib/scene.py may import
-  slicer and vtk, not qt);
-* the module's command line (HealthiVertLib.background) is accepted by HealthiVertLib.cli, every
+* the core package never imports slicer, qt or vtk, except HealthiVertLib/scene/ (the MRML adapter),
+  which may import slicer and vtk, not qt;
+* the module's command line (HealthiVertLib.app.background) is accepted by HealthiVertLib.app.cli, every
   core function the module calls exists, the torch dependency and the sample checksums are right.
 """
 
@@ -53,7 +53,7 @@ RAW_URL = re.compile(r"^https://raw\.githubusercontent\.com/(?P<org>[^/]+)/(?P<r
 
 FILE_SCOPE_ALLOWED = {"slicer", "vtk", "qt", "ctk", LIB}
 SLICER_ONLY_MODULES = {"slicer", "qt", "vtk", "ctk"}
-SCENE_ADAPTER = "scene.py"  # the MRML adapter: may import slicer and vtk, never qt/ctk
+SCENE_ADAPTER = "scene/"  # the MRML adapter package: may import slicer and vtk, never qt/ctk
 PYTHON_FLOOR = (3, 10)  # pyproject requires-python
 SLICER_PYTHON = (3, 12)  # Slicer >= 5.10
 
@@ -649,11 +649,11 @@ def test_core_never_imports_slicer_qt_or_vtk():
     offending = []
     for rel in sorted(_files(LIB_DIR, "*.py")):
         path = LIB_DIR / rel
-        forbidden = {"qt", "ctk"} if rel == SCENE_ADAPTER else SLICER_ONLY_MODULES
+        forbidden = {"qt", "ctk"} if rel.startswith(SCENE_ADAPTER) else SLICER_ONLY_MODULES
         for name, line in _all_imports(ast.parse(path.read_text(encoding="utf-8"), filename=str(path))):
             if name in forbidden:
                 offending.append(f"{LIB}/{rel}:{line} imports {name}")
-    assert not offending, "the core must not know Slicer exists (only scene.py may import slicer/vtk): " + "; ".join(
+    assert not offending, "the core must not know Slicer exists (only scene/ may import slicer/vtk): " + "; ".join(
         offending
     )
 
@@ -693,27 +693,25 @@ def test_module_uses_only_existing_core_functions():
     import importlib
 
     used = _core_attributes_used()
-    assert {"scene", "background", "engines"} <= set(used), f"the module should use scene, background, engines: {sorted(used)}"
+    assert {"scene", "app.background", "engines"} <= set(used), f"the module should use scene, app.background, engines: {sorted(used)}"
     for module, names in used.items():
         if module == "scene":
-            text = (LIB_DIR / "scene.py").read_text(encoding="utf-8")  # imports slicer: checked by its source
-            defined = {n.name for n in ast.parse(text).body if isinstance(n, (ast.FunctionDef, ast.ClassDef))}
-            defined |= {t.id for n in ast.parse(text).body if isinstance(n, (ast.Assign, ast.AnnAssign))
-                        for t in (n.targets if isinstance(n, ast.Assign) else [n.target]) if isinstance(t, ast.Name)}
+            text = (LIB_DIR / "scene" / "__init__.py").read_text(encoding="utf-8")  # imports slicer: by its source
+            defined = {a.asname or a.name for n in ast.parse(text).body if isinstance(n, ast.ImportFrom) for a in n.names}
         else:
             defined = set(dir(importlib.import_module(f"{LIB}.{module}")))
         assert not names - defined, f"HealthiVert.py uses {LIB}.{module}.{sorted(names - defined)}, which do not exist"
 
 
 def test_module_command_line_is_accepted_by_the_cli(tmp_path):
-    from HealthiVertLib import background
+    from HealthiVertLib.app import background
 
     cli, parser, grade = _grade_parser()
     command = background.grade_command(
         str(tmp_path / "seg.nii.gz"), str(tmp_path / "out"), str(tmp_path / "ct.nii.gz"), "t12, L1",
         "context", "verse", "Case 1", False, str(tmp_path / "sub.nii.gz"),
     )  # fmt: skip
-    assert command[:2] == ["-m", f"{LIB}.cli"]
+    assert command[:2] == ["-m", f"{LIB}.app.cli"]
     args = parser.parse_args(command[2:])
     assert args.func is grade.get_default("func")
     assert args.vertebra == ["T12", "L1"] and not args.all
@@ -727,7 +725,7 @@ def test_module_command_line_is_accepted_by_the_cli(tmp_path):
 
 
 def _grade_parser():
-    from HealthiVertLib import cli
+    from HealthiVertLib.app import cli
 
     parser = cli.build_parser()
     subparsers = next(a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction")
@@ -735,12 +733,13 @@ def _grade_parser():
 
 
 def test_engines_offered_by_the_module_are_accepted_by_the_cli():
-    from HealthiVertLib import background, engines
+    from HealthiVertLib.app import background
+    from HealthiVertLib import engines
 
     _, _, grade = _grade_parser()
     engine = next(a for a in grade._actions if "--engine" in a.option_strings)
     assert set(engines.ENGINES) <= set(engine.choices), "every engine of HealthiVertLib.engines must be a --engine choice"
-    assert background.PROGRESS_PREFIX == __import__("HealthiVertLib.cli", fromlist=["x"]).PROGRESS_PREFIX
+    assert background.PROGRESS_PREFIX == __import__("HealthiVertLib.app.cli", fromlist=["x"]).PROGRESS_PREFIX
 
 
 def test_torch_dependency_is_declared_when_an_engine_needs_it():
@@ -751,7 +750,7 @@ def test_torch_dependency_is_declared_when_an_engine_needs_it():
     torch_engines = next(
         ast.literal_eval(n.value) for n in tree.body if isinstance(n, ast.Assign) and _name(n.targets[0]) == "TORCH_ENGINES"
     )
-    needs_torch = bool(set(engines.ENGINES) & set(torch_engines)) or (LIB_DIR / "generator" / "__init__.py").is_file()
+    needs_torch = bool(set(engines.ENGINES) & set(torch_engines)) or (LIB_DIR / "engines" / "generator" / "__init__.py").is_file()
     depends = _top_cmake()["EXTENSION_DEPENDS"].split()
     assert ("PyTorch" in depends) == needs_torch, (
         "EXTENSION_DEPENDS (and .s4ext depends, .json build_dependencies) must name PyTorch exactly when an "
@@ -760,9 +759,11 @@ def test_torch_dependency_is_declared_when_an_engine_needs_it():
 
 
 def test_module_level_rules_match_the_core():
-    from HealthiVertLib import background, grading, labels
+    from HealthiVertLib.app import background
+    from HealthiVertLib.measure import grading
+    from HealthiVertLib.io import labels
 
-    scene_tree = ast.parse((LIB_DIR / "scene.py").read_text(encoding="utf-8"))  # scene.py imports slicer
+    scene_tree = ast.parse((LIB_DIR / "scene" / "results.py").read_text(encoding="utf-8"))  # imports slicer
     GRADE_NAMES = next(
         ast.literal_eval(n.value) for n in scene_tree.body if isinstance(n, ast.Assign) and _name(n.targets[0]) == "GRADE_NAMES"
     )

@@ -1,0 +1,88 @@
+"""Genant grade of a vertebra from its Relative Height Loss (RHLV): a linear SVM and a threshold rule.
+
+RHLV = (H_healthy - H_original) / H_healthy, as a fraction (0.35 = 35 % height loss), measured in the
+anterior, middle and posterior thirds of the vertebral body and overall.
+
+* :class:`SVMGrader` -- scaler + linear one-vs-one SVM (as HealthiVert's ``SVM_grading.py``) with a
+  multinomial logistic calibration of its cross-validated decision values. Fitting uses scikit-learn;
+  predicting uses numpy only, from parameters stored as plain JSON (loading never unpickles).
+* :func:`genant_rule` -- the transparent Genant threshold rule (20 / 25 / 40 %).
+* :func:`read_grade_file` / :func:`read_grade_splits` -- VerSe grade files (HealthiVert
+  ``vertebra_data.json``).
+* :func:`train_from_tables` -- fit a grader on feature tables (CSV) and save it.
+
+Research use only, not for diagnosis.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+
+GRADES = (0, 1, 2, 3)  # Genant: 0 normal, 1 mild, 2 moderate, 3 severe
+
+
+from ..errors import HealthiVertError
+
+
+# ------------------------------------------------------------------------------ grade files
+
+
+def _parse_key(key: Any) -> tuple[str, int]:
+    """``"sub-verse004_16"`` -> ``("sub-verse004", 16)`` (split on the last underscore)."""
+    if not isinstance(key, str) or "_" not in key:
+        raise HealthiVertError(f"grade file key {key!r} is not <subject>_<VerSe label>, e.g. 'sub-verse004_16'")
+    subject, _, label = key.rpartition("_")
+    if not subject or not label.isdigit():
+        raise HealthiVertError(f"grade file key {key!r} is not <subject>_<VerSe label>, e.g. 'sub-verse004_16'")
+    return subject, int(label)
+
+
+def _parse_grade(key: str, value: Any) -> int:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if not ok or value != int(value) or int(value) not in GRADES:
+        raise HealthiVertError(f"grade file entry {key!r} has grade {value!r}; grades must be Genant 0, 1, 2 or 3")
+    return int(value)
+
+
+def _read_grade_entries(path: str | os.PathLike) -> list[tuple[tuple[str, int], int, str | None]]:
+    """((subject, label), grade, split or None) for every entry of a grade file."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise HealthiVertError(f"grade file {path} does not exist") from None
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise HealthiVertError(f"grade file {path} is not readable JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise HealthiVertError(f"grade file {path} must hold a JSON object of <subject>_<label>: grade")
+    nested = bool(data) and all(isinstance(v, dict) for v in data.values())
+    sections = data.items() if nested else [(None, data)]
+    entries: list[tuple[tuple[str, int], int, str | None]] = []
+    seen: dict[tuple[str, int], int] = {}
+    for split, section in sections:
+        for key, value in section.items():
+            parsed, grade = _parse_key(key), _parse_grade(key, value)
+            if parsed in seen and seen[parsed] != grade:
+                raise HealthiVertError(f"grade file {path}: {key!r} appears twice with different grades")
+            seen[parsed] = grade
+            entries.append((parsed, grade, split))
+    return entries
+
+
+def read_grade_file(path: str | os.PathLike) -> dict[tuple[str, int], int]:
+    """Genant grades keyed (subject, VerSe label) from a HealthiVert/VerSe grade JSON file.
+
+    Accepts ``{"train": {"sub-verse004_16": 2, ...}, "val": {...}, "test": {...}}`` or a flat
+    ``{"sub-verse004_16": 2, ...}``.
+    """
+    return {key: grade for key, grade, _ in _read_grade_entries(path)}
+
+
+def read_grade_splits(path: str | os.PathLike) -> dict[tuple[str, int], str]:
+    """The split ("train", "val", "test", ...) of every (subject, VerSe label); "" for a flat file."""
+    return {key: split or "" for key, _, split in _read_grade_entries(path)}

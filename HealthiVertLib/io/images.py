@@ -1,0 +1,346 @@
+"""Reading inputs and writing outputs: SimpleITK images, validation, atomic writes."""
+
+from __future__ import annotations
+
+import gzip
+import os
+import struct
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO, Iterable
+
+import numpy as np
+import SimpleITK as sitk
+
+from ..errors import HealthiVertError
+
+
+# --- reading images -------------------------------------------------------------------------
+
+_INTEGER_TYPES = {
+    sitk.sitkUInt8, sitk.sitkInt8, sitk.sitkUInt16, sitk.sitkInt16,
+    sitk.sitkUInt32, sitk.sitkInt32, sitk.sitkUInt64, sitk.sitkInt64,
+}  # fmt: skip
+_FLOAT_TYPES = {sitk.sitkFloat32, sitk.sitkFloat64}
+
+
+SUPPORTED_EXTENSIONS = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
+_FORMATS = "NIfTI (.nii, .nii.gz), NRRD (.nrrd, .nhdr) or MetaImage (.mha, .mhd)"
+
+
+def image_extension(path: Path) -> str | None:
+    name = path.name.lower()
+    return next((ext for ext in SUPPORTED_EXTENSIONS if name.endswith(ext)), None)
+
+
+def _check_file(path: Path, what: str) -> None:
+    if not path.exists():
+        raise HealthiVertError(f"{what} does not exist. Check the path.")
+    if path.is_dir():
+        raise HealthiVertError(
+            f"{what} is a folder, not an image file. Give a {_FORMATS} file; convert a DICOM series "
+            "first (e.g. load it in 3D Slicer and save it as .nii.gz)."
+        )
+    if image_extension(path) is None:
+        raise HealthiVertError(
+            f"{what} is not in a supported format. HealthiVert reads {_FORMATS}; convert it first "
+            "(e.g. load it in 3D Slicer and save it as .nii.gz)."
+        )
+
+
+def _itk_reason(error: Exception) -> str:
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    reason = lines[-1] if lines else type(error).__name__
+    for prefix in ("sitk::ERROR:", "ITK ERROR:"):
+        reason = reason.split(prefix, 1)[-1].strip()
+    return reason[:200]
+
+
+@dataclass(frozen=True)
+class _NiftiLayout:
+    """Where a NIfTI file keeps its voxels."""
+
+    endian: str
+    datatype: int
+    bitpix: int
+    offset: int
+    voxels: int
+
+    @property
+    def end(self) -> int:
+        return self.offset + self.voxels * self.bitpix // 8
+
+
+def _parse_nifti_header(header: bytes) -> _NiftiLayout | None:
+    """Voxel layout from a NIfTI-1 or NIfTI-2 header; None if the header cannot be parsed."""
+    for endian in "<>":
+        if len(header) >= 348 and struct.unpack(f"{endian}i", header[:4])[0] == 348:
+            dims = struct.unpack(f"{endian}8h", header[40:56])
+            datatype, bitpix = struct.unpack(f"{endian}2h", header[70:74])
+            offset = max(int(struct.unpack(f"{endian}f", header[108:112])[0]), 352)
+            break
+        if len(header) >= 540 and struct.unpack(f"{endian}i", header[:4])[0] == 540:
+            datatype, bitpix = struct.unpack(f"{endian}2h", header[12:16])
+            dims = struct.unpack(f"{endian}8q", header[16:80])
+            offset = max(struct.unpack(f"{endian}q", header[168:176])[0], 544)
+            break
+    else:
+        return None
+    extent = dims[1 : dims[0] + 1] if 1 <= dims[0] <= 7 else ()
+    if not extent or min(extent) <= 0 or bitpix <= 0:
+        return None
+    return _NiftiLayout(endian, datatype, bitpix, offset, int(np.prod(extent, dtype=np.int64)))
+
+
+def _is_gzip(path: Path) -> bool:
+    with open(path, "rb") as raw:
+        return raw.read(2) == b"\x1f\x8b"
+
+
+def _open_nifti(path: Path) -> BinaryIO:
+    """Open a NIfTI file, compressed or not whatever its name says (as ITK does)."""
+    return gzip.open(path, "rb") if _is_gzip(path) else open(path, "rb")  # type: ignore[return-value]
+
+
+def _gzip_length(path: Path) -> int:
+    """Uncompressed length of a gzip file, or -1 when the stream is cut or damaged."""
+    total = 0
+    try:
+        with gzip.open(path, "rb") as stream:
+            while chunk := stream.read(1 << 24):
+                total += len(chunk)
+    except (OSError, EOFError, zlib.error):
+        return -1
+    return total
+
+
+def _nifti_is_truncated(path: Path) -> bool:
+    """True when the file holds less voxel data than its header announces.
+
+    ITK's NIfTI reader fills missing data with zeros instead of failing, so this is checked here.
+    """
+    try:
+        with _open_nifti(path) as stream:
+            layout = _parse_nifti_header(stream.read(540))
+    except (OSError, EOFError, zlib.error):
+        return True
+    if layout is None:
+        return False
+    if not _is_gzip(path):
+        return path.stat().st_size < layout.end
+    with open(path, "rb") as raw:  # the gzip trailer stores the uncompressed length mod 2**32
+        raw.seek(-4, os.SEEK_END)
+        if struct.unpack("<I", raw.read(4))[0] == layout.end % 2**32:
+            return False
+    return _gzip_length(path) < layout.end
+
+
+_NIFTI_FLOAT_TYPES = {16: "f4", 64: "f8"}
+
+
+def _nifti_nonfinite_counts(path: Path) -> tuple[int, int]:
+    """(NaN, infinite) voxel counts of a float NIfTI file, read from the file itself.
+
+    ITK's NIfTI reader silently turns NaN and infinite voxels into 0, so the image cannot tell.
+    """
+    with _open_nifti(path) as stream:
+        layout = _parse_nifti_header(stream.read(540))
+        if layout is None or layout.datatype not in _NIFTI_FLOAT_TYPES:
+            return 0, 0
+        dtype = np.dtype(layout.endian + _NIFTI_FLOAT_TYPES[layout.datatype])
+        stream.seek(layout.offset)
+        remaining, n_nan, n_inf = layout.voxels, 0, 0
+        while remaining > 0:
+            values = np.frombuffer(stream.read(min(remaining, 1 << 23) * dtype.itemsize), dtype)
+            if values.size == 0:
+                break
+            n_nan += int(np.count_nonzero(np.isnan(values)))
+            n_inf += int(np.count_nonzero(np.isinf(values)))
+            remaining -= values.size
+    return n_nan, n_inf
+
+
+def _nonfinite_counts(image: sitk.Image, path: Path) -> tuple[int, int]:
+    """(NaN, infinite) voxel counts of a float image read from ``path``."""
+    if image.GetPixelID() not in _FLOAT_TYPES:
+        return 0, 0
+    if image_extension(path) in (".nii", ".nii.gz"):
+        return _nifti_nonfinite_counts(path)
+    values = sitk.GetArrayViewFromImage(image)
+    return int(np.count_nonzero(np.isnan(values))), int(np.count_nonzero(np.isinf(values)))
+
+
+def _as_volume(image: sitk.Image, what: str) -> sitk.Image:
+    """``image`` as a scalar 3D image (a 4D image with a single volume is reduced to 3D)."""
+    components = image.GetNumberOfComponentsPerPixel()
+    if components > 1:
+        raise HealthiVertError(
+            f"{what} has {components} values per voxel (a colour or vector image); HealthiVert needs a "
+            "3D image with one value per voxel. Export the volume again as a plain scalar image."
+        )
+    size = image.GetSize()
+    shown = "×".join(map(str, size))
+    if 0 in size:
+        raise HealthiVertError(f"{what} is empty (size {shown} voxels). Export it again.")
+    if image.GetDimension() == 4 and size[3] == 1:
+        image = sitk.Extract(image, [*size[:3], 0], [0, 0, 0, 0])
+        size = image.GetSize()
+    if image.GetDimension() == 4:
+        raise HealthiVertError(
+            f"{what} is 4D with {size[3]} volumes (size {shown}); HealthiVert needs one 3D volume. "
+            "Save the volume you want to analyse as its own file."
+        )
+    if image.GetDimension() != 3 or 1 in size:
+        raise HealthiVertError(
+            f"{what} is not a 3D volume (size {shown} voxels, {image.GetDimension()}D); HealthiVert needs "
+            "a 3D image covering the spine, not a single slice."
+        )
+    return image
+
+
+def read_image(path: str | os.PathLike, role: str) -> sitk.Image:
+    """Read a 3D scalar image; ``role`` ("CT", "vertebra labels", ...) names it in error messages."""
+    path = Path(path)
+    what = f"The {role} file '{path}'"
+    _check_file(path, what)
+    try:
+        image = sitk.ReadImage(str(path))
+    except RuntimeError as error:
+        raise HealthiVertError(
+            f"{what} could not be read: it is damaged, incomplete (interrupted download or copy?) or not a "
+            f"{_FORMATS} image ({_itk_reason(error)}). Copy or export it again."
+        ) from error
+    if image_extension(path) in (".nii", ".nii.gz") and _nifti_is_truncated(path):
+        raise HealthiVertError(
+            f"{what} is incomplete: it holds less image data than its header announces (interrupted "
+            "download or copy?). Copy or export it again."
+        )
+    return _as_volume(image, what)
+
+
+def read_ct(path: str | os.PathLike) -> sitk.Image:
+    """Read a CT as float32 (HU); NaN or infinite voxels are an error, never silently replaced."""
+    image = read_image(path, "CT")
+    n_nan, n_inf = _nonfinite_counts(image, Path(path))
+    if n_nan or n_inf:
+        raise HealthiVertError(
+            f"The CT file '{path}' contains {n_nan} NaN (not-a-number) and {n_inf} infinite voxels. "
+            "HealthiVert does not guess HU values: export the CT again from the original DICOM series, "
+            "or replace these voxels deliberately (e.g. with -1024 HU) and try again."
+        )
+    return sitk.Cast(image, sitk.sitkFloat32)
+
+
+def _label_pixel_type(maximum: int) -> int:
+    if maximum <= np.iinfo(np.uint16).max:
+        return sitk.sitkUInt16
+    return sitk.sitkUInt32 if maximum <= np.iinfo(np.uint32).max else sitk.sitkUInt64
+
+
+def read_label_map(path: str | os.PathLike, role: str) -> sitk.Image:
+    """Read a label map as an unsigned integer image (UInt16, or wider when values need it).
+
+    Float files are accepted when every value is a whole number; negative values and an all-zero
+    map are errors.
+    """
+    image = read_image(path, role)
+    what = f"The {role} file '{path}'"
+    pixel_type = image.GetPixelID()
+    if pixel_type not in _INTEGER_TYPES | _FLOAT_TYPES:
+        raise HealthiVertError(
+            f"{what} has voxel type '{image.GetPixelIDTypeAsString()}'; a label map needs whole numbers "
+            "(0 = background). Export the segmentation again as a label map."
+        )
+    n_nan, n_inf = _nonfinite_counts(image, Path(path))
+    if n_nan or n_inf:
+        raise HealthiVertError(
+            f"{what} contains {n_nan} NaN (not-a-number) and {n_inf} infinite voxels; labels must be whole "
+            "numbers. Export the segmentation again as a label map."
+        )
+    values = sitk.GetArrayViewFromImage(image)
+    if pixel_type in _FLOAT_TYPES:
+        fractional = np.mod(values, 1) != 0
+        if fractional.any():
+            example = values[fractional].flat[0]
+            raise HealthiVertError(
+                f"{what} contains {int(fractional.sum())} voxels that are not whole numbers "
+                f"(e.g. {example:g}): it looks like a probability map or labels resampled with linear "
+                "interpolation. Use the label map itself, resampled with nearest-neighbour interpolation "
+                "if needed."
+            )
+    minimum, maximum = values.min(), values.max()
+    if minimum < 0:
+        raise HealthiVertError(
+            f"{what} contains negative values (lowest {minimum:g}); labels must be 0 for background and "
+            "positive numbers for structures. Check that this is the segmentation, not the CT."
+        )
+    if maximum == 0:
+        raise HealthiVertError(
+            f"{what} contains no labels: every voxel is 0. Check that the segmentation ran and was saved."
+        )
+    return sitk.Cast(image, _label_pixel_type(int(maximum)))
+
+
+# --- grids and label statistics -------------------------------------------------------------
+
+
+def _numbers(values: Iterable[float], decimals: int = 4) -> str:
+    texts = (f"{round(v, decimals) + 0.0:.{decimals}f}".rstrip("0").rstrip(".") for v in values)
+    return "(" + ", ".join(texts) + ")"
+
+
+def _grid_differences(reference: sitk.Image, other: sitk.Image) -> list[str]:
+    ref_spacing = np.array(reference.GetSpacing())
+    spacing_tol = 1e-3 * np.maximum(1.0, np.abs(ref_spacing))
+    origin_tol = 1e-3 * max(1.0, float(ref_spacing.max()))
+    checks = [
+        ("size (voxels)", reference.GetSize(), other.GetSize(), 0.0),
+        ("spacing (mm)", reference.GetSpacing(), other.GetSpacing(), spacing_tol),
+        ("origin (mm)", reference.GetOrigin(), other.GetOrigin(), origin_tol),
+        ("direction", reference.GetDirection(), other.GetDirection(), 1e-4),
+    ]
+    differences = []
+    for what, ref_value, other_value, tolerance in checks:
+        a, b = np.array(ref_value, dtype=float), np.array(other_value, dtype=float)
+        if a.shape != b.shape or np.any(np.abs(a - b) > tolerance):
+            differences.append(f"  - {what}: {_numbers(ref_value)} vs {_numbers(other_value)}")
+    return differences
+
+
+def check_same_grid(reference: sitk.Image, other: sitk.Image, names: tuple[str, str]) -> None:
+    """Raise unless ``other`` lies on the voxel grid of ``reference``.
+
+    ``names`` describe both images in messages, e.g. ``("CT 'ct.nii.gz'", "vertebra labels 'seg.nii.gz'")``.
+    """
+    differences = _grid_differences(reference, other)
+    if differences:
+        raise HealthiVertError(
+            f"The {names[1]} are not on the voxel grid of the {names[0]} (differences, {names[0]} first):\n"
+            + "\n".join(differences)
+            + f"\nResample the {names[1]} onto the grid of the {names[0]} with nearest-neighbour "
+            "interpolation (e.g. in 3D Slicer: Resample Scalar/Vector/DWI Volume, interpolation 'Nearest "
+            f"Neighbor', reference volume = the {names[0]}), save it and try again."
+        )
+
+
+def _shape_statistics(label_map: sitk.Image) -> sitk.LabelShapeStatisticsImageFilter:
+    if label_map.GetPixelID() not in (sitk.sitkUInt8, sitk.sitkUInt16, sitk.sitkUInt32, sitk.sitkUInt64):
+        label_map = sitk.Cast(label_map, sitk.sitkUInt32)
+    statistics = sitk.LabelShapeStatisticsImageFilter()
+    statistics.SetBackgroundValue(0)
+    statistics.ComputePerimeterOff()
+    statistics.Execute(label_map)
+    return statistics
+
+
+def label_centroids(label_map: sitk.Image) -> dict[int, np.ndarray]:
+    """Physical centroid (LPS, mm) of each nonzero label."""
+    statistics = _shape_statistics(label_map)
+    return {int(label): np.array(statistics.GetCentroid(label)) for label in statistics.GetLabels()}
+
+
+def label_voxel_counts(label_map: sitk.Image) -> dict[int, int]:
+    """Number of voxels of each nonzero label."""
+    statistics = _shape_statistics(label_map)
+    return {int(label): int(statistics.GetNumberOfPixels(label)) for label in statistics.GetLabels()}

@@ -1,0 +1,170 @@
+"""Outputs of one graded case: report.json, report.csv, volumes, figures and index.html.
+
+Every file is written atomically (``io.atomic_output``). Figures use ``matplotlib.figure.Figure``
+with an Agg canvas (no pyplot, no global state), so reports can be written from threads or
+worker processes. Research use only, not for diagnosis.
+"""
+
+from __future__ import annotations
+
+import csv
+import io as _stdio
+import json
+import math
+from typing import Any
+
+import numpy as np
+
+from ..measure.heights import REGIONS
+from ..pipeline.records import CaseResult, VertebraResult
+
+
+NOTICE = "Research use only — not for diagnosis."
+
+CSV_COLUMNS: tuple[str, ...] = (
+    "case",
+    "level",
+    "label",
+    "verse_label",
+    "status",
+    "complete",
+    "grade",
+    "confidence",
+    "grade_rule",
+    "rhlv_anterior",
+    "rhlv_middle",
+    "rhlv_posterior",
+    "rhlv_overall",
+    "abnormality_score",
+    "h_original_anterior_mm",
+    "h_original_middle_mm",
+    "h_original_posterior_mm",
+    "h_original_overall_mm",
+    "h_healthy_anterior_mm",
+    "h_healthy_middle_mm",
+    "h_healthy_posterior_mm",
+    "h_healthy_overall_mm",
+    "ratio_min_max",
+    "ratio_to_neighbours",
+    "reason",
+)
+
+
+# ----------------------------------------------------------------------------- formatting
+
+
+def finite(x: Any) -> float | None:
+    """``x`` as a finite float, or None."""
+    if x is None or isinstance(x, bool):
+        return None
+    try:
+        f = float(x)
+    except (TypeError, ValueError):
+        return None
+    return f if math.isfinite(f) else None
+
+
+def fmt_float(x: Any, digits: int = 4) -> str:
+    f = finite(x)
+    return "" if f is None else f"{f:.{digits}f}"
+
+
+def fmt_pct(x: Any, digits: int = 1) -> str:
+    """A fraction as percent text, ``—`` when missing."""
+    f = finite(x)
+    return "—" if f is None else f"{100.0 * f:.{digits}f} %"
+
+
+def fmt_cell(x: Any) -> str:
+    """One CSV cell: empty for None, 4 decimals for floats, true/false for booleans."""
+    if x is None:
+        return ""
+    if isinstance(x, (bool, np.bool_)):
+        return "true" if x else "false"
+    if isinstance(x, (int, np.integer)):
+        return str(int(x))
+    if isinstance(x, (float, np.floating)):
+        return fmt_float(x)
+    return str(x)
+
+
+def _grade_text(v: VertebraResult) -> str:
+    return "—" if v.grade is None else str(int(v.grade))
+
+
+def get_path(d: dict | None, *keys: str) -> Any:
+    """Nested ``d[k1][k2]...`` or None."""
+    for k in keys:
+        if not isinstance(d, dict):
+            return None
+        d = d.get(k)
+    return d
+
+
+# ----------------------------------------------------------------------------- JSON / CSV
+
+
+def _vertebra_row(case: str, v: VertebraResult) -> dict[str, Any]:
+    row: dict[str, Any] = {
+        "case": case,
+        "level": v.level,
+        "label": v.label,
+        "verse_label": v.verse_label,
+        "status": v.status,
+        "complete": v.complete,
+        "grade": v.grade,
+        "confidence": finite(v.confidence),
+        "grade_rule": v.grade_rule,
+        "abnormality_score": finite(v.abnormality_score),
+        "ratio_min_max": finite(get_path(v.ratios, "min_max")),
+        "ratio_to_neighbours": finite(get_path(v.ratios, "to_neighbours")),
+        "reason": v.reason,
+    }
+    for r in REGIONS:
+        row[f"rhlv_{r}"] = finite(get_path(v.rhlv, r))
+        row[f"h_original_{r}_mm"] = finite(get_path(v.heights_mm, "original", r))
+        row[f"h_healthy_{r}_mm"] = finite(get_path(v.heights_mm, "pseudo_healthy", r))
+    return row
+
+
+def csv_rows(result: CaseResult) -> list[dict[str, str]]:
+    """The rows of ``report.csv`` as formatted strings keyed by ``CSV_COLUMNS``."""
+    rows = []
+    for v in result.vertebrae:
+        raw = _vertebra_row(result.case, v)
+        rows.append({c: fmt_cell(raw[c]) for c in CSV_COLUMNS})
+    return rows
+
+
+def csv_text(result: CaseResult) -> str:
+    buf = _stdio.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(CSV_COLUMNS), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(csv_rows(result))
+    return buf.getvalue()
+
+
+def json_text(result: CaseResult) -> str:
+    return json.dumps(result.to_dict(), indent=2) + "\n"
+
+
+def summary_table(result: CaseResult) -> str:
+    """Plain-text table: level, status, grade, confidence, RHLV A/M/P/overall in %, abnormality 0-100."""
+    header = ["Level", "Status", "Grade", "Conf.", "RHLV A", "RHLV M", "RHLV P", "RHLV all", "Abn."]
+    rows = [header]
+    for v in result.vertebrae:
+        conf = finite(v.confidence)
+        rows.append(
+            [str(v.level), str(v.status), _grade_text(v), "—" if conf is None else f"{conf:.2f}"]
+            + [fmt_pct(get_path(v.rhlv, r)) for r in REGIONS]
+            + [fmt_float(v.abnormality_score, 1) or "—"]
+        )
+    widths = [max(len(r[j]) for r in rows) for j in range(len(header))]
+
+    def line(r: list[str]) -> str:
+        left = [r[j].ljust(widths[j]) for j in range(2)]
+        right = [r[j].rjust(widths[j]) for j in range(2, len(r))]
+        return "  ".join(left + right).rstrip()
+
+    sep = "  ".join("-" * w for w in widths)
+    return "\n".join([line(rows[0]), sep, *(line(r) for r in rows[1:])])

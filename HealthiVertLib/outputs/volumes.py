@@ -1,0 +1,51 @@
+"""Outputs of one graded case: report.json, report.csv, volumes, figures and index.html.
+
+Every file is written atomically (``io.atomic_output``). Figures use ``matplotlib.figure.Figure``
+with an Agg canvas (no pyplot, no global state), so reports can be written from threads or
+worker processes. Research use only, not for diagnosis.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+
+from ..io.files import write_image_atomic
+from ..pipeline.records import CaseResult
+
+
+# output name -> (CaseResult attribute, pixel type)
+VOLUME_FILES: dict[str, tuple[str, str]] = {
+    "height_loss.nii.gz": ("loss_volume", "float32"),
+    "pseudo_healthy_body_label.nii.gz": ("healthy_label_volume", "uint16"),
+    "original_body_label.nii.gz": ("original_body_volume", "uint16"),
+    "pseudo_healthy_ct.nii.gz": ("healthy_ct_volume", "float32"),
+}
+
+
+# ----------------------------------------------------------------------------- volumes
+
+
+def _write_volume(img: Any, path: Path, pixel: str) -> None:
+    import SimpleITK as sitk
+
+    ptype = sitk.sitkFloat32 if pixel == "float32" else sitk.sitkUInt16
+    if img.GetPixelID() != ptype:
+        img = sitk.Cast(img, ptype)
+    write_image_atomic(img, path)
+
+
+def write_volumes(result: CaseResult, out_dir: Path) -> dict[str, Path]:
+    written = {}
+    for name, (attr, pixel) in VOLUME_FILES.items():
+        img = getattr(result, attr, None)
+        if img is None:
+            continue
+        path = out_dir / name
+        _write_volume(img, path, pixel)
+        written[name] = path
+    for name, img in (result.counterfactual_volumes or {}).items():  # grade --counterfactuals
+        written[name] = out_dir / name
+        _write_volume(img, written[name], "uint16")
+    return written

@@ -1,0 +1,176 @@
+"""One case from labels (and CT) to graded vertebrae: the data flow of DESIGN.md in one place.
+
+``grade_case`` orders the vertebrae along the spine, fits the spine curve, extracts each needed
+vertebral body in its local frame, asks the engine for the pseudo-healthy body, measures heights
+and RHLV, grades, and maps the results back onto the input grid.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Callable, Sequence
+
+import numpy as np
+
+from ..io import labels as lab
+from ..geometry.body import VertebralBody
+from ..engines.base import EngineUnavailable, NoContextError, Neighbour, PseudoHealthyEngine
+from ..engines import get_engine
+from ..engines.neighbours import mean_height
+from ..measure.grading import SVMGrader, genant_rule, load_default_grader
+from ..measure.heights import HeightMeasurement, measure
+from ..io.case import Case
+from .records import FAILED, INCOMPLETE, NO_CONTEXT, UNSUPPORTED, CaseResult, VertebraResult
+from ..measure.counterfactuals import CounterfactualSeries
+from ..geometry.straighten import array_ijk
+from ..engines.neighbours import gather_neighbours
+from ..geometry.spine import SpineBodies, SpineLevel, resolve_targets, spine_levels
+from .volumes import VolumeWriter, vertebra_views
+
+
+Progress = Callable[[float, str], None]
+DEFAULT_GRADER_NAME = "default SVM (fitted on simulated fractures of real and phantom vertebrae, not on real graded CTs)"
+
+
+def grade_case(
+    case: Case,
+    vertebrae: Sequence[str] | None = None,
+    engine: str | PseudoHealthyEngine = "context",
+    grader: SVMGrader | None = None,
+    progress: Progress | None = None,
+    volumes: bool = True,
+    grader_name: str | None = None,
+    counterfactuals: bool = False,
+) -> CaseResult:
+    """Grade the requested vertebrae (all gradable ones when ``vertebrae`` is None).
+
+    Vertebrae cut by the field of view, without usable neighbours, or outside T1-L6 are reported
+    with a status and a reason instead of a grade. ``counterfactuals``: also each graded vertebra
+    as it would look at grade 0-3 (``simulate.CounterfactualSeries``).
+    """
+    progress = progress or (lambda fraction, message: None)
+    timing: dict[str, float] = {}
+    t0 = time.perf_counter()
+    engine = get_engine(engine) if isinstance(engine, str) else engine
+    if hasattr(engine, "attach"):
+        engine.attach(case)  # engines that read the CT (generator) get the case
+    if grader is None:
+        grader, grader_name = load_default_grader(), DEFAULT_GRADER_NAME
+    levels = spine_levels(case)
+    targets = resolve_targets(levels, vertebrae)
+    bodies = SpineBodies(case, levels)
+    timing["geometry"] = time.perf_counter() - t0
+    ct_ijk = array_ijk(case.ct) if case.ct is not None else None
+    out = VolumeWriter(case.seg) if volumes else None
+    cf = CounterfactualSeries(case.seg, volumes) if counterfactuals else None
+    results = []
+    for k, target in enumerate(targets):
+        progress(k / max(len(targets), 1), f"{target.level}: measuring")
+        results.append(_grade_one(target, levels, bodies, engine, grader, case, ct_ijk, out, timing, cf))
+    progress(1.0, "done")
+    result = CaseResult(
+        case=case.name,
+        engine=engine.name,
+        grader=grader_name or "custom SVM grader",
+        label_scheme=case.scheme.name,
+        vertebrae=results,
+        inputs=dict(case.paths),
+        timing_s=timing,
+    )
+    if out is not None:
+        t = time.perf_counter()
+        result.loss_volume, result.healthy_label_volume, result.original_body_volume = out.images()
+        result.healthy_ct_volume = out.ct_image()
+        if cf is not None:
+            result.counterfactual_volumes = cf.images()
+        _add(timing, "volumes", time.perf_counter() - t)
+    timing["total"] = time.perf_counter() - t0
+    return result
+
+
+def _grade_one(
+    target: SpineLevel,
+    levels: list[SpineLevel],
+    bodies: SpineBodies,
+    engine: PseudoHealthyEngine,
+    grader: SVMGrader,
+    case: Case,
+    ct_ijk: np.ndarray | None,
+    out: "VolumeWriter | None",
+    timing: dict[str, float],
+    cf: CounterfactualSeries | None = None,
+) -> VertebraResult:
+    res = VertebraResult(level=target.level, label=target.label, verse_label=lab.verse_label(target.level))
+    if not lab.is_gradable(target.level):
+        res.status, res.reason = UNSUPPORTED, f"{target.level} is outside T1-L6; only thoracic and lumbar vertebrae are graded"
+        return res
+    t = time.perf_counter()
+    body = bodies.get(target) if not target.fragment else None
+    _add(timing, "bodies", time.perf_counter() - t)
+    if body is None or body.footprint is None:
+        res.status, res.complete = INCOMPLETE, False
+        res.reason = "only a fragment of this vertebra is in the label map" if target.fragment else "no vertebral body found"
+        return res
+    if not body.complete:
+        res.status, res.complete = INCOMPLETE, False
+        res.reason = "cut by the field of view: its body touches the edge of the image, so its heights cannot be trusted"
+        return res
+    t = time.perf_counter()
+    neighbours = gather_neighbours(target, levels, bodies)
+    _add(timing, "bodies", time.perf_counter() - t)
+    t = time.perf_counter()
+    try:
+        prediction = engine.predict(body, neighbours)
+    except NoContextError as err:
+        res.status, res.reason = NO_CONTEXT, f"cannot predict the healthy shape: {err}"
+        return res
+    except EngineUnavailable as err:
+        res.status, res.reason = FAILED, f"the {engine.name} engine cannot grade it: {err}"
+        return res
+    finally:
+        _add(timing, "engine", time.perf_counter() - t)
+    t = time.perf_counter()
+    m = measure(body, prediction.occupancy)
+    res.context = prediction.context
+    _fill_measurement(res, m, body, neighbours)
+    _add(timing, "heights", time.perf_counter() - t)
+    t = time.perf_counter()
+    res.grade, res.confidence, res.probabilities = grader.grade(m.rhlv)
+    res.grade_rule = genant_rule(m.rhlv)[0]
+    _add(timing, "grading", time.perf_counter() - t)
+    t = time.perf_counter()
+    res.views = vertebra_views(body, prediction.occupancy, m, case, ct_ijk)
+    if out is not None:
+        out.add(target.label, body, prediction.occupancy, m.loss_map)
+        if prediction.ct is not None and case.ct is not None:
+            out.add_ct(body, prediction.ct, case.ct)
+    _add(timing, "views", time.perf_counter() - t)
+    if cf is not None:
+        t = time.perf_counter()
+        res.counterfactuals = cf.add(target.label, body, prediction.occupancy, m.rhlv, res.views)
+        _add(timing, "counterfactuals", time.perf_counter() - t)
+    return res
+
+
+def _fill_measurement(res: VertebraResult, m: HeightMeasurement, body: VertebralBody, neighbours: list[Neighbour]) -> None:
+    res.rhlv = m.rhlv
+    res.abnormality_score = m.abnormality_score
+    res.heights_mm = {"original": m.original_mm, "pseudo_healthy": m.healthy_mm}
+    res.genant_points_lps = {k: body.frame.to_world(p).tolist() for k, p in m.points_local.items()}
+    res.ratios = {"min_max": m.min_max_ratio, "to_neighbours": _ratio_to_neighbours(m, neighbours)}
+
+
+def _ratio_to_neighbours(m: HeightMeasurement, neighbours: list[Neighbour]) -> float | None:
+    """Classic reference-free ratio: mean height / mean of the nearest complete neighbours' heights."""
+    nearest = []
+    for side in (-1, 1):
+        cands = [n for n in neighbours if np.sign(n.offset) == side and n.body.complete and n.body.footprint]
+        if cands:
+            nearest.append(min(cands, key=lambda n: abs(n.offset)))
+    if not nearest:
+        return None
+    return m.original_mm["overall"] / float(np.mean([mean_height(n.body) for n in nearest]))
+
+
+def _add(timing: dict[str, float], key: str, seconds: float) -> None:
+    timing[key] = timing.get(key, 0.0) + seconds

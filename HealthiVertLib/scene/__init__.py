@@ -1,0 +1,60 @@
+"""MRML adapter: scene nodes <-> SimpleITK images, and a grading run's results as scene nodes.
+
+The only core package that imports ``slicer`` (MRML) and ``vtk``; it never imports Qt, so it runs
+in the Slicer application and, for the tests, with the PyPI package ``slicer-core``. ``volumes``:
+geometry, volume nodes, the height-loss overlay; ``segmentations``: vertebra labels to and from
+segmentation nodes with SNOMED CT terminology; ``results``: the result nodes of a run (volumes,
+segmentations, table, Genant markups, AP plot) and their removal. Coordinates: MRML in RAS,
+images and ``report.json`` in LPS millimetres.
+"""
+
+from .results import (
+    GRADE_COLORS,
+    GRADE_NAMES,
+    OUTPUT_ATTRIBUTE,
+    REFERENCE_ATTRIBUTE,
+    TABLE_COLUMNS,
+    ResultNodes,
+    StandaloneScene,
+    fill_table,
+    grades_summary,
+    output_folders,
+    output_nodes,
+    remove_outputs,
+    show_results,
+    table_rows,
+)
+from .segmentations import (
+    TYPE_CONTEXT,
+    VERTEBRA_SCT,
+    LabelInput,
+    level_from_terminology,
+    segment_level,
+    segmentation_to_labels,
+    segments_by_level,
+    subregion_labels,
+    terminology_string,
+    vertebra_labels,
+)
+from .volumes import (
+    HEAT_COLOR_NODE_IDS,
+    PSEUDO_HEALTHY_CT_FILE,
+    ijk_to_ras,
+    image_to_volume,
+    label_at_point,
+    markups_point_ras,
+    same_geometry,
+    set_geometry_from_ijk_to_ras,
+    show_overlay,
+    volume_to_image,
+)
+
+__all__ = [
+    "GRADE_COLORS", "GRADE_NAMES", "HEAT_COLOR_NODE_IDS", "OUTPUT_ATTRIBUTE", "PSEUDO_HEALTHY_CT_FILE",
+    "REFERENCE_ATTRIBUTE", "TABLE_COLUMNS", "TYPE_CONTEXT", "VERTEBRA_SCT", "LabelInput", "ResultNodes",
+    "StandaloneScene", "fill_table", "grades_summary", "ijk_to_ras", "image_to_volume", "label_at_point",
+    "level_from_terminology", "markups_point_ras", "output_folders", "output_nodes", "remove_outputs",
+    "same_geometry", "segment_level", "segmentation_to_labels", "segments_by_level", "set_geometry_from_ijk_to_ras",
+    "show_overlay", "show_results", "subregion_labels", "table_rows", "terminology_string", "vertebra_labels",
+    "volume_to_image",
+]
