@@ -1,7 +1,7 @@
 """HealthiVert core: grade vertebral compression fractures on CT from a pseudo-healthy vertebra.
 
 Pure Python (numpy, scipy, SimpleITK, scikit-learn); no Slicer import anywhere in this package
-except ``scene.py``. Research use only, not for diagnosis.
+except the ``scene`` package. Research use only, not for diagnosis.
 """
 
 from .errors import HealthiVertError

@@ -4,5 +4,5 @@
 class HealthiVertError(Exception):
     """A problem with the input or the request, with a message a radiologist can act on.
 
-    The CLI prints the message and exits with status 2; ``batch`` marks the case failed and goes on.
+    The CLI prints the message and exits with status 2; ``app.batch`` marks the case failed and goes on.
     """

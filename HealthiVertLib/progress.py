@@ -1,7 +1,8 @@
-"""The ``healthivert`` command line: grade, demo, batch, train-grader, simulate.
+"""Progress of a long command: a tqdm bar, machine-readable lines, or nothing.
 
-Exit status: 0 success, 2 a problem with the input or the request (the message says what to
-do), 1 an unexpected internal error.
+:func:`make_progress` returns a callback ``(fraction, message)`` and a function that closes it.
+Mode ``lines`` prints ``HEALTHIVERT_PROGRESS <percent> <message>`` on stdout, which
+``app.background`` (the Slicer module's runner) parses; ``none`` is silent; otherwise a tqdm bar.
 """
 
 from __future__ import annotations

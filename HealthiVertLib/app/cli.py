@@ -1,4 +1,10 @@
-"""The ``healthivert`` command line: grade, demo, batch, train-grader, simulate.
+"""The ``healthivert`` command line: grade, demo, batch, simulate, bench, train-{grader,generator,hgam}.
+
+Each subcommand parses its options and calls the package that does the work (``pipeline`` and
+``outputs`` for grade and demo, ``app.batch``, ``truth`` for simulate, ``evaluation`` for bench,
+``training`` for the train-* commands), imported only when that subcommand runs, so torch is
+loaded only by the commands that need it. The help, grade and bench print the notice: research
+use only, not for diagnosis.
 
 Exit status: 0 success, 2 a problem with the input or the request (the message says what to
 do), 1 an unexpected internal error.

@@ -1,7 +1,7 @@
-"""The ``healthivert`` command line: grade, demo, batch, train-grader, simulate.
+"""Engine choice on the command line: the chosen engine and its options (weights, device).
 
-Exit status: 0 success, 2 a problem with the input or the request (the message says what to
-do), 1 an unexpected internal error.
+Shared by the ``healthivert`` subcommands that grade (``cli``) and by ``batch``, so every command
+builds the engine the same way, once: the ``generator`` engine's weights are loaded here.
 """
 
 from __future__ import annotations

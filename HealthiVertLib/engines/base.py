@@ -1,12 +1,12 @@
-"""Pseudo-healthy engines: predict the target vertebral body as it was before a fracture.
+"""The engine interface: what every pseudo-healthy engine takes, returns and raises.
 
-Every engine takes the target body and its neighbours (each in its own local frame) and returns
-a pseudo-healthy occupancy on the target's grid. Heights, RHLV, grading and reports are computed
-from that occupancy the same way for every engine, so engines are interchangeable.
-
-``context`` (this module) needs no weights and no CT: it transfers the column-height maps of the
-nearest usable neighbours onto the target's footprint (matched by relative AP/LR position) and
-interpolates them across levels. The learned ``generator`` engine plugs into the same interface.
+An engine predicts the target vertebral body as it was before a fracture. It takes the target body
+and its neighbours (:class:`Neighbour`, each in its own local frame) and returns a
+:class:`HealthyPrediction`: a pseudo-healthy occupancy on the target's grid (and, for engines that
+synthesise one, a pseudo-healthy CT). Heights, RHLV, grading and reports are computed from that
+occupancy the same way for every engine, so engines are interchangeable
+(:class:`PseudoHealthyEngine`). :class:`NoContextError`: no usable neighbour;
+:class:`EngineUnavailable`: the engine cannot work on this input (e.g. it needs the CT).
 """
 
 from __future__ import annotations

@@ -1,12 +1,10 @@
-"""Pseudo-healthy engines: predict the target vertebral body as it was before a fracture.
+"""The ``context`` engine: the pseudo-healthy body from the neighbours' height maps.
 
-Every engine takes the target body and its neighbours (each in its own local frame) and returns
-a pseudo-healthy occupancy on the target's grid. Heights, RHLV, grading and reports are computed
-from that occupancy the same way for every engine, so engines are interchangeable.
-
-``context`` (this module) needs no weights and no CT: it transfers the column-height maps of the
-nearest usable neighbours onto the target's footprint (matched by relative AP/LR position) and
-interpolates them across levels. The learned ``generator`` engine plugs into the same interface.
+It needs no weights and no CT: it transfers the column-height maps of the nearest usable
+neighbours (chosen by ``neighbours.select_neighbours``) onto the target's footprint, matched by
+relative AP/LR position (:func:`transfer_heights`), interpolates them across levels, corrects a
+one-sided choice by the level trend of heights, and builds the body from those heights
+(``geometry.body.build_body``).
 """
 
 from __future__ import annotations

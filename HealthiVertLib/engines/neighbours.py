@@ -1,12 +1,11 @@
-"""Pseudo-healthy engines: predict the target vertebral body as it was before a fracture.
+"""Neighbours of a target vertebra: which ones are gathered, and which ones are usable.
 
-Every engine takes the target body and its neighbours (each in its own local frame) and returns
-a pseudo-healthy occupancy on the target's grid. Heights, RHLV, grading and reports are computed
-from that occupancy the same way for every engine, so engines are interchangeable.
-
-``context`` (this module) needs no weights and no CT: it transfers the column-height maps of the
-nearest usable neighbours onto the target's footprint (matched by relative AP/LR position) and
-interpolates them across levels. The learned ``generator`` engine plugs into the same interface.
+:func:`gather_neighbours` collects the vertebrae within ``CONTEXT_LEVELS`` levels of the target
+with their bodies; :func:`select_neighbours` keeps the nearest usable one above and below (or one
+side only) and rejects, with a reason, those cut by the field of view or that look fractured
+(their own min/max height ratio, or a mean height below what the other neighbours' level trend
+expects). The ``context`` engine, the pipeline and the benchmark's ``neighbours`` baseline all
+choose neighbours here.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Reference-free estimators of height loss: the classic ratios, without any pseudo-healthy shape.
 
-They measure the vertebra's own body the same way as every engine (``heights.measure`` of the body
+They measure the vertebra's own body the same way as every engine (``measure.heights.measure`` of the body
 against itself: anterior, middle and posterior thirds of the AP depth on the central 40 % of the
 LR width, rim columns excluded) and turn heights into a loss per third, so that the benchmark can
 grade them and score them exactly like the engines' RHLV.
@@ -9,7 +9,7 @@ grade them and score them exactly like the engines' RHLV.
   h_max the tallest of the vertebra's own three thirds ("overall": 1 - h_overall / h_max).
   Blind to a crush (all thirds lose alike) and to the normal wedging of T11-L1.
 * ``neighbours`` -- loss of a third = 1 - h_third / mean(same third of the neighbours), the
-  neighbours chosen as the ``context`` engine chooses them (``engines.select_neighbours``; the
+  neighbours chosen as the ``context`` engine chooses them (``engines.neighbours.select_neighbours``; the
   nearest usable one above and below, or one side only). Blind to the level trend of heights.
 
 Research use only, not for diagnosis.

@@ -1,13 +1,14 @@
-"""Accuracy benchmark (``healthivert bench``): every engine and baseline against exact ground truth.
+"""Benchmark items: simulated fractures of real and phantom vertebrae, run through every estimator.
 
 Real CTs with graded fractures are scarce, so the ground truth is made: healthy vertebrae (real
 ones from ``Testing/Data`` and procedural phantoms) are compressed by the fracture simulator
-(``simulate.py``) with known morphology and height loss, and the exact pre-fracture heights, RHLV
-and Genant grade are kept. Each estimator -- the pseudo-healthy engines of ``engines.ENGINES`` and
-the reference-free ``baselines`` -- then measures the fractured vertebra; the unfractured source
-vertebrae are the grade-0 examples.
+(``truth.simulate``) with known morphology and height loss, and the exact pre-fracture heights,
+RHLV and Genant grade are kept. Each estimator -- the pseudo-healthy engines of
+``engines.ENGINES`` and the reference-free ``baselines`` -- then measures the fractured vertebra;
+the unfractured source vertebrae are the grade-0 examples. :func:`collect` builds the set and runs
+the estimators (optionally in worker processes), with time per vertebra and peak traced memory.
 
-Protocol (fixed; see ``benchmarks/accuracy.md`` for the numbers):
+Protocol (fixed; see ``benchmarks/accuracy.md`` for the numbers; grading and metrics: ``scoring``):
 
 * Real set: every healthy, whole source vertebra x (wedge, biconcave, crush) x LOSSES, plus the
   unfractured source. Subjects: the bundled TotalSegmentator sample (L1-L5, 3 mm), the TPTBox
@@ -17,18 +18,8 @@ Protocol (fixed; see ``benchmarks/accuracy.md`` for the numbers):
   levels apart (levels, kinds and losses drawn from a seeded generator) and the other vertebrae as
   grade-0 examples. Cases are split in halves by case: the first half trains, the second half is
   the phantom test set.
-* Grades: the Genant threshold rule on the estimated RHLV (nothing fitted), and a linear SVM
-  (``grading.SVMGrader``, C chosen by grouped CV) fitted on the same estimator's RHLV of other
-  subjects only -- leave-one-subject-out over the real subjects (training: the other real subjects
-  and the phantom training cases), and phantom training cases -> phantom test cases (training also
-  holds every real subject).
-* Metrics: pseudo-healthy height error vs truth (mean absolute %, per third), RHLV error (mean
-  absolute percentage points per third and of the largest third), grade confusion matrix, macro
-  precision/recall/F1, quadratic-weighted kappa, ROC AUC of fracture (grade >= 1) vs normal for the
-  largest-third RHLV and the abnormality score, coverage (fraction of vertebrae graded), time per
-  vertebra, peak traced memory.
 
-Everything trained or measured here is on simulated fractures; research use only, not diagnosis.
+Everything measured here is on simulated fractures; research use only, not diagnosis.
 """
 
 from __future__ import annotations

@@ -1,34 +1,8 @@
-"""Accuracy benchmark (``healthivert bench``): every engine and baseline against exact ground truth.
+"""The benchmark report: ``benchmarks/accuracy.md``, its raw JSON and its figures.
 
-Real CTs with graded fractures are scarce, so the ground truth is made: healthy vertebrae (real
-ones from ``Testing/Data`` and procedural phantoms) are compressed by the fracture simulator
-(``simulate.py``) with known morphology and height loss, and the exact pre-fracture heights, RHLV
-and Genant grade are kept. Each estimator -- the pseudo-healthy engines of ``engines.ENGINES`` and
-the reference-free ``baselines`` -- then measures the fractured vertebra; the unfractured source
-vertebrae are the grade-0 examples.
-
-Protocol (fixed; see ``benchmarks/accuracy.md`` for the numbers):
-
-* Real set: every healthy, whole source vertebra x (wedge, biconcave, crush) x LOSSES, plus the
-  unfractured source. Subjects: the bundled TotalSegmentator sample (L1-L5, 3 mm), the TPTBox
-  case (L3, 1.5 mm; its neighbours are cut by the field of view), the HealthiVert example 0007
-  (mask only, 1 mm; sources = whole vertebrae graded 0 in ``vertebra_data.json``).
-* Phantom set: ``n_phantoms`` phantom spines T9-L5; per case two fractured vertebrae at least two
-  levels apart (levels, kinds and losses drawn from a seeded generator) and the other vertebrae as
-  grade-0 examples. Cases are split in halves by case: the first half trains, the second half is
-  the phantom test set.
-* Grades: the Genant threshold rule on the estimated RHLV (nothing fitted), and a linear SVM
-  (``grading.SVMGrader``, C chosen by grouped CV) fitted on the same estimator's RHLV of other
-  subjects only -- leave-one-subject-out over the real subjects (training: the other real subjects
-  and the phantom training cases), and phantom training cases -> phantom test cases (training also
-  holds every real subject).
-* Metrics: pseudo-healthy height error vs truth (mean absolute %, per third), RHLV error (mean
-  absolute percentage points per third and of the largest third), grade confusion matrix, macro
-  precision/recall/F1, quadratic-weighted kappa, ROC AUC of fracture (grade >= 1) vs normal for the
-  largest-third RHLV and the abnormality score, coverage (fraction of vertebrae graded), time per
-  vertebra, peak traced memory.
-
-Everything trained or measured here is on simulated fractures; research use only, not diagnosis.
+:func:`write_report` writes the Markdown report (setup, protocol, one section per dataset, the
+breakdown by subject, kind and loss, the default grader, the machine), the raw items and
+estimates as JSON (:func:`read_raw_json` reads them back) and the figures, all atomically.
 """
 
 from __future__ import annotations
@@ -194,20 +168,20 @@ def markdown(result: BenchResult, command: str, seconds: float, figures: dict[st
         "# Accuracy benchmark: pseudo-healthy engines and reference-free baselines",
         f"Measured {date} by `{command}` in {seconds / 60:.1f} min. Machine: {machine_line()}.",
         "**Simulated ground truth; research use only, not for diagnosis.** Every fracture here is made by "
-        "`HealthiVertLib/simulate.py` from a healthy vertebra, whose exact pre-fracture heights are known. "
+        "`HealthiVertLib/truth/simulate.py` from a healthy vertebra, whose exact pre-fracture heights are known. "
         "The numbers say how well each estimator recovers a known simulated fracture, not clinical accuracy.",
         "## Protocol",
         f"- Real set: each healthy source vertebra unfractured (grade 0) and compressed as "
         f"{', '.join(setup['kinds'])} with loss {', '.join(f'{x:g}' for x in setup['losses'])} (the simulator's "
         "RHLV of the affected region: anterior third for wedge, middle third for biconcave, all columns for "
         f"crush; the true grade is Genant's rule on the true RHLV). Sources: {subjects}.",
-        f"- Phantoms: {setup['n_phantoms']} procedural spines {PHANTOM_RANGE} (`HealthiVertLib/phantom.py`; "
+        f"- Phantoms: {setup['n_phantoms']} procedural spines {PHANTOM_RANGE} (`HealthiVertLib/truth/phantom.py`; "
         "spacing 1-2 mm, orientation, obliquity, curvature, bone density and body sizes (3 % sd) drawn per case), "
         f"two fractures each at least two levels apart (levels in {', '.join(PHANTOM_LEVELS)}, kind and loss "
         f"{PHANTOM_LOSS_RANGE[0]:g}-{PHANTOM_LOSS_RANGE[1]:g} drawn with a fixed seed), the other whole vertebrae "
         "as grade-0 examples; first half of the cases for training, second half tested.",
         "- Estimators: every engine of `engines.ENGINES` that starts here, through `pipeline.grade_case` "
-        "(one target vertebra per call), and the baselines of `HealthiVertLib/baselines.py` (`minmax`: 1 - "
+        "(one target vertebra per call), and the baselines of `HealthiVertLib/evaluation/baselines.py` (`minmax`: 1 - "
         "height of each third / tallest third of the same vertebra; `neighbours`: 1 - height of each third / "
         "mean of the same third of the nearest usable neighbours). Baselines have no pseudo-healthy shape: "
         "no height error, no abnormality score.",

@@ -1,8 +1,10 @@
-"""One case from labels (and CT) to graded vertebrae: the data flow of DESIGN.md in one place.
+"""The vertebrae of a case in spine order, and their bodies extracted on demand.
 
-``grade_case`` orders the vertebrae along the spine, fits the spine curve, extracts each needed
-vertebral body in its local frame, asks the engine for the pseudo-healthy body, measures heights
-and RHLV, grades, and maps the results back onto the input grid.
+:func:`spine_levels` lists the vertebrae of the case's numbering present in the label map,
+cranial to caudal (:class:`SpineLevel`: label, level, centroid, bounding box, volume);
+:func:`resolve_targets` picks the requested ones; :func:`curve_support` the vertebrae the spine
+curve is fitted through (whole ones when there are enough). :class:`SpineBodies` fits
+the curve and extracts each vertebral body in its local frame once, when first needed.
 """
 
 from __future__ import annotations

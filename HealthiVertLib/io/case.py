@@ -1,4 +1,10 @@
-"""Reading inputs and writing outputs: SimpleITK images, validation, atomic writes."""
+"""One case's validated inputs: :class:`Case` and :func:`load_case`.
+
+:func:`load_case` reads the label map (and optionally the CT and a body-subregion map), checks
+that the grids agree, that the label numbering is known (VerSe, TotalSegmentator, a
+``dataset.json``) and that vertebrae are present; input files are only read, never modified.
+:func:`case_name_from_path` names a case after its label file (or its folder for generic names).
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,9 @@
-"""Reading inputs and writing outputs: SimpleITK images, validation, atomic writes."""
+"""Atomic writes: an output file is either complete or absent, never half written.
+
+:func:`atomic_output` yields a temporary path beside the target and renames it into place on
+success; ``write_text_atomic``, ``write_bytes_atomic`` and ``write_image_atomic`` use it. Every
+file HealthiVert writes goes through here.
+"""
 
 from __future__ import annotations
 

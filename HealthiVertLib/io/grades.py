@@ -1,17 +1,9 @@
-"""Genant grade of a vertebra from its Relative Height Loss (RHLV): a linear SVM and a threshold rule.
+"""VerSe grade files (HealthiVert ``vertebra_data.json``): Genant grades and splits per vertebra.
 
-RHLV = (H_healthy - H_original) / H_healthy, as a fraction (0.35 = 35 % height loss), measured in the
-anterior, middle and posterior thirds of the vertebral body and overall.
-
-* :class:`SVMGrader` -- scaler + linear one-vs-one SVM (as HealthiVert's ``SVM_grading.py``) with a
-  multinomial logistic calibration of its cross-validated decision values. Fitting uses scikit-learn;
-  predicting uses numpy only, from parameters stored as plain JSON (loading never unpickles).
-* :func:`genant_rule` -- the transparent Genant threshold rule (20 / 25 / 40 %).
-* :func:`read_grade_file` / :func:`read_grade_splits` -- VerSe grade files (HealthiVert
-  ``vertebra_data.json``).
-* :func:`train_from_tables` -- fit a grader on feature tables (CSV) and save it.
-
-Research use only, not for diagnosis.
+:func:`read_grade_file` returns ``{(case, VerSe label): grade}`` (0 normal, 1 mild, 2 moderate,
+3 severe), from a flat file or one with ``train``/``val``/``test`` sections;
+:func:`read_grade_splits` returns the section of each vertebra. Malformed keys or grades raise
+``HealthiVertError`` naming the entry.
 """
 
 from __future__ import annotations

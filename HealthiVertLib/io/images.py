@@ -1,4 +1,10 @@
-"""Reading inputs and writing outputs: SimpleITK images, validation, atomic writes."""
+"""Reading and checking images: CT and label maps (NIfTI, NRRD, MetaImage) with SimpleITK.
+
+:func:`read_ct` and :func:`read_label_map` read one 3D volume and refuse, with a message that says
+what to do, a missing, truncated or unreadable file, non-finite values, or a label map with
+negative or fractional values or no label at all; :func:`check_same_grid` says how two grids
+differ; ``label_centroids`` and ``label_voxel_counts`` summarise a label map.
+"""
 
 from __future__ import annotations
 

@@ -1,52 +1,11 @@
-"""Simulated osteoporotic compression fractures with exact ground truth (research use only).
+"""Ordinal counterfactuals: a pseudo-healthy body shown as it would look at grade 0, 1, 2, 3.
 
-``simulate_fracture`` takes a case (vertebra labels, optionally CT and a body-subregion map) and
-collapses the vertebral body of one level into a ``wedge``, ``biconcave`` or ``crush`` fracture of
-a chosen Relative Height Loss. The pre-fracture shape is kept as truth, so pseudo-healthy engines
-and graders can be measured against it column by column.
-
-Physics (all in the vertebra's rigid local frame of ``body.py``: s caudal, u posterior, v left, mm)
-
-* **Which tissue moves.** Only the vertebral body (from the subregion map when given, otherwise the
-  geometric body of ``body.extract_body``) and the disc(s) touching its collapsing endplate(s).
-  Posterior elements, neighbouring vertebrae and everything outside the body's columns are unchanged.
-* **How it moves.** Each column (u, v) of the body, between its superior endplate ``top`` and
-  inferior endplate ``bot`` (0.5 iso-surface of the label, sub-voxel), shortens by ``D = f(u, v) H``
-  with ``H = bot - top``. ``wedge`` and ``crush``: the superior endplate moves caudally towards the
-  fixed inferior endplate; ``biconcave``: both endplates move towards the column's mid-plane by D/2.
-  Within the body the column is compressed uniformly (factor ``k = 1 - f``).
-* **What fills the vacated space.** The adjacent disc stays attached to the neighbour and stretches
-  into it: a layer of the disc of thickness T (80 % of the gap to the next labelled structure,
-  1-10 mm) is stretched over T + D. The vacated space therefore takes the disc's labels (background
-  in a vertebra map, the disc label 2 in a TotalSegmentator ``vertebrae_body`` map) and the disc's
-  CT values. Stretching smooths the disc's noise, so seeded Gaussian noise restores its variance:
-  sigma = disc noise (1.4826 MAD) * sqrt(1 - T / (T + D)).
-* **Compacted bone is denser.** Bone mineral is conserved along a column: CT values of body voxels
-  above a 30 HU marrow/soft-tissue baseline are scaled by 1 / k, capped at the 99.5th percentile of
-  the vertebra's original HU (bone cannot become denser than its own cortex).
-* **Resampling.** Backward mapping: each output voxel of the input grid is mapped to the point it
-  came from (sub-voxel, along the frame's s axis). Labels take the label of the nearest input voxel
-  (so every map stays consistent), CT is interpolated linearly. Voxels that do not move are copied
-  bit for bit.
-* **Profiles** f(a, b) (a = 0 anterior .. 1 posterior edge, b = -1 right .. +1 left edge):
-  ``wedge`` cos^2(pi a / 2) (maximal anteriorly, smoothly 0 at the posterior wall); ``biconcave``
-  sin^2(pi a) cos(pi b / 2) (central cave-in of both endplates, walls intact); ``crush`` uniform.
-  Each is multiplied by a seeded, smooth (4 mm) endplate irregularity of +-15 % (less as f nears
-  its 90 % limit), tapered to 0 over 3 mm outside the body, and the travel is dithered by +-half an
-  input voxel per column where the loss exceeds 5 % (otherwise flat endplates on coarse grids would
-  change whole voxel layers at once and some losses could not be reached). The amplitude is
-  calibrated so that the RHLV of the affected region - anterior third (wedge), middle third
-  (biconcave), all central columns (crush) - measured by ``heights.measure`` on the result,
-  resampled on the input grid and extracted again, against the pre-fracture body, equals ``loss``.
-
-Why the earlier test compressor under-measured a 30 % wedge (anterior third 22.3 % on the 3 mm
-sample, 22.2 % on the 1.5 mm TPTBox L3, measured against the pre-fracture body in the same frame):
-its ``loss`` was the peak of a profile ``1 - 1.5 a``, whose mean over the anterior third is 0.75 of
-the peak (22.5 %); the definition, not the measurement, explains 7.5 of the 7.7-7.8 points (deleting
-whole voxels adds ~0.2). Here ``loss`` is the measured RHLV itself, so truth and measurement agree.
-
-The truth (``SimulatedCase.truth``, written as ``truth.json``) is described in the README section
-"Simulating fractures". Simulated data are synthetic; anything fitted on them must say so.
+The pseudo-healthy body (the engine's prediction, in the target's local frame) is compressed by
+the fracture simulator's model (``fracture_model``) with the fracture type that matches the
+observed loss pattern (:func:`counterfactual_kind`) and the losses of ``COUNTERFACTUAL_LOSSES``,
+calibrated on the 1 mm local grid (:func:`counterfactuals`). :class:`CounterfactualSeries` puts
+them onto the input grid, one label map per grade (``healthivert grade --counterfactuals``).
+Research use only, not for diagnosis.
 """
 
 from __future__ import annotations

@@ -1,15 +1,17 @@
-"""Simulated osteoporotic compression fractures with exact ground truth (research use only).
+"""The compression model of an osteoporotic fracture: a body deformed into a chosen measured loss.
 
-``simulate_fracture`` takes a case (vertebra labels, optionally CT and a body-subregion map) and
-collapses the vertebral body of one level into a ``wedge``, ``biconcave`` or ``crush`` fracture of
-a chosen Relative Height Loss. The pre-fracture shape is kept as truth, so pseudo-healthy engines
-and graders can be measured against it column by column.
+Used by the fracture simulator (``truth.simulate``, which applies it to CT and labels on the
+input grid) and by the counterfactuals (``counterfactuals``, on the 1 mm local grid).
+:func:`body_columns` takes the body's columns, :class:`CompressionField` is the deformation and
+:func:`calibrate` finds the amplitude whose measured RHLV equals the requested loss.
 
-Physics (all in the vertebra's rigid local frame of ``body.py``: s caudal, u posterior, v left, mm)
+Physics (all in the vertebra's rigid local frame of ``geometry.body``: s caudal, u posterior, v
+left, mm)
 
 * **Which tissue moves.** Only the vertebral body (from the subregion map when given, otherwise the
-  geometric body of ``body.extract_body``) and the disc(s) touching its collapsing endplate(s).
-  Posterior elements, neighbouring vertebrae and everything outside the body's columns are unchanged.
+  geometric body of ``geometry.body.extract_body``) and the disc(s) touching its collapsing
+  endplate(s). Posterior elements, neighbouring vertebrae and everything outside the body's columns
+  are unchanged.
 * **How it moves.** Each column (u, v) of the body, between its superior endplate ``top`` and
   inferior endplate ``bot`` (0.5 iso-surface of the label, sub-voxel), shortens by ``D = f(u, v) H``
   with ``H = bot - top``. ``wedge`` and ``crush``: the superior endplate moves caudally towards the
@@ -27,7 +29,7 @@ Physics (all in the vertebra's rigid local frame of ``body.py``: s caudal, u pos
 * **Resampling.** Backward mapping: each output voxel of the input grid is mapped to the point it
   came from (sub-voxel, along the frame's s axis). Labels take the label of the nearest input voxel
   (so every map stays consistent), CT is interpolated linearly. Voxels that do not move are copied
-  bit for bit.
+  bit for bit. (CT density, disc noise and resampling are applied by ``truth.simulate``.)
 * **Profiles** f(a, b) (a = 0 anterior .. 1 posterior edge, b = -1 right .. +1 left edge):
   ``wedge`` cos^2(pi a / 2) (maximal anteriorly, smoothly 0 at the posterior wall); ``biconcave``
   sin^2(pi a) cos(pi b / 2) (central cave-in of both endplates, walls intact); ``crush`` uniform.
@@ -36,7 +38,7 @@ Physics (all in the vertebra's rigid local frame of ``body.py``: s caudal, u pos
   input voxel per column where the loss exceeds 5 % (otherwise flat endplates on coarse grids would
   change whole voxel layers at once and some losses could not be reached). The amplitude is
   calibrated so that the RHLV of the affected region - anterior third (wedge), middle third
-  (biconcave), all central columns (crush) - measured by ``heights.measure`` on the result,
+  (biconcave), all central columns (crush) - measured by ``measure.heights.measure`` on the result,
   resampled on the input grid and extracted again, against the pre-fracture body, equals ``loss``.
 
 Why the earlier test compressor under-measured a 30 % wedge (anterior third 22.3 % on the 3 mm
@@ -44,9 +46,6 @@ sample, 22.2 % on the 1.5 mm TPTBox L3, measured against the pre-fracture body i
 its ``loss`` was the peak of a profile ``1 - 1.5 a``, whose mean over the anterior third is 0.75 of
 the peak (22.5 %); the definition, not the measurement, explains 7.5 of the 7.7-7.8 points (deleting
 whole voxels adds ~0.2). Here ``loss`` is the measured RHLV itself, so truth and measurement agree.
-
-The truth (``SimulatedCase.truth``, written as ``truth.json``) is described in the README section
-"Simulating fractures". Simulated data are synthetic; anything fitted on them must say so.
 """
 
 from __future__ import annotations

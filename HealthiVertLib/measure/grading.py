@@ -6,12 +6,12 @@ anterior, middle and posterior thirds of the vertebral body and overall.
 * :class:`SVMGrader` -- scaler + linear one-vs-one SVM (as HealthiVert's ``SVM_grading.py``) with a
   multinomial logistic calibration of its cross-validated decision values. Fitting uses scikit-learn;
   predicting uses numpy only, from parameters stored as plain JSON (loading never unpickles).
+  :func:`load_default_grader` loads the shipped one.
 * :func:`genant_rule` -- the transparent Genant threshold rule (20 / 25 / 40 %).
-* :func:`read_grade_file` / :func:`read_grade_splits` -- VerSe grade files (HealthiVert
-  ``vertebra_data.json``).
-* :func:`train_from_tables` -- fit a grader on feature tables (CSV) and save it.
+* :func:`feature_vector` -- the grader's features from an RHLV record; :func:`classification_metrics`.
 
-Research use only, not for diagnosis.
+Grade files are read by ``io.grades``; fitting a grader on feature tables (CSV) is
+``training.grader``. Research use only, not for diagnosis.
 """
 
 from __future__ import annotations

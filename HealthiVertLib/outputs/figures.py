@@ -1,8 +1,10 @@
-"""Outputs of one graded case: report.json, report.csv, volumes, figures and index.html.
+"""PNG figures of one graded case: sagittal, axial height-loss, AP-profile and counterfactual figures.
 
-Every file is written atomically (``io.atomic_output``). Figures use ``matplotlib.figure.Figure``
-with an Agg canvas (no pyplot, no global state), so reports can be written from threads or
-worker processes. Research use only, not for diagnosis.
+Figures use ``matplotlib.figure.Figure`` with an Agg canvas (no pyplot, no global state), so
+reports can be written from threads or worker processes. :func:`render_figures` draws a case's
+figures (in forked worker processes where it can; one by one after :func:`draw_figures_serially`,
+as ``app.batch`` workers do) and writes them atomically (``io.files``). Research use only, not
+for diagnosis.
 """
 
 from __future__ import annotations
@@ -385,7 +387,7 @@ def render_figures(result: CaseResult, out_dir: str | Path) -> dict[int, dict[st
 
     Drawing dominates the run time, so with several figures and cores they are drawn in forked
     worker processes (Linux); elsewhere, in a daemonic process or after ``draw_figures_serially``
-    (``batch`` workers), one by one.
+    (``app.batch`` workers), one by one.
     """
     fig_dir = Path(out_dir) / "figures"
     used: set[str] = set()

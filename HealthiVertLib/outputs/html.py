@@ -1,8 +1,7 @@
-"""Outputs of one graded case: report.json, report.csv, volumes, figures and index.html.
+"""The report page of one graded case: ``index.html`` with the summary, measurements and figures.
 
-Every file is written atomically (``io.atomic_output``). Figures use ``matplotlib.figure.Figure``
-with an Agg canvas (no pyplot, no global state), so reports can be written from threads or
-worker processes. Research use only, not for diagnosis.
+A single static page (inline CSS, no script) that links the case's figures, volumes and tables,
+with the research-use notice. Research use only, not for diagnosis.
 """
 
 from __future__ import annotations

@@ -1,8 +1,7 @@
 """Outputs of one graded case: report.json, report.csv, volumes, figures and index.html.
 
-Every file is written atomically (``io.atomic_output``). Figures use ``matplotlib.figure.Figure``
-with an Agg canvas (no pyplot, no global state), so reports can be written from threads or
-worker processes. Research use only, not for diagnosis.
+:func:`write_outputs` is the one entry point; it writes every file atomically
+(``io.files.atomic_output``) and returns their paths. Research use only, not for diagnosis.
 """
 
 from __future__ import annotations

@@ -1,8 +1,7 @@
-"""Outputs of one graded case: report.json, report.csv, volumes, figures and index.html.
+"""The records of one graded case: ``report.json``, ``report.csv`` and the terminal summary.
 
-Every file is written atomically (``io.atomic_output``). Figures use ``matplotlib.figure.Figure``
-with an Agg canvas (no pyplot, no global state), so reports can be written from threads or
-worker processes. Research use only, not for diagnosis.
+Also the value formatting (finite numbers, percentages) that the figures and the HTML page share,
+and the research-use notice. Research use only, not for diagnosis.
 """
 
 from __future__ import annotations

@@ -1,8 +1,7 @@
-"""Outputs of one graded case: report.json, report.csv, volumes, figures and index.html.
+"""Volumes of one graded case on the input grid: height loss, pseudo-healthy and original bodies, CT.
 
-Every file is written atomically (``io.atomic_output``). Figures use ``matplotlib.figure.Figure``
-with an Agg canvas (no pyplot, no global state), so reports can be written from threads or
-worker processes. Research use only, not for diagnosis.
+``VOLUME_FILES`` names each NIfTI file and its pixel type; :func:`write_volumes` writes those a
+result holds (the pseudo-healthy CT only for engines that synthesise one), atomically.
 """
 
 from __future__ import annotations

@@ -1,8 +1,9 @@
 """One case from labels (and CT) to graded vertebrae: the data flow of DESIGN.md in one place.
 
-``grade_case`` orders the vertebrae along the spine, fits the spine curve, extracts each needed
+:func:`grade_case` orders the vertebrae along the spine, fits the spine curve, extracts each needed
 vertebral body in its local frame, asks the engine for the pseudo-healthy body, measures heights
-and RHLV, grades, and maps the results back onto the input grid.
+and RHLV, grades, and maps the results back onto the input grid (``volumes``); the result is a
+:class:`~HealthiVertLib.pipeline.records.CaseResult`.
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ def grade_case(
 
     Vertebrae cut by the field of view, without usable neighbours, or outside T1-L6 are reported
     with a status and a reason instead of a grade. ``counterfactuals``: also each graded vertebra
-    as it would look at grade 0-3 (``simulate.CounterfactualSeries``).
+    as it would look at grade 0-3 (``measure.counterfactuals.CounterfactualSeries``).
     """
     progress = progress or (lambda fraction, message: None)
     timing: dict[str, float] = {}

@@ -61,12 +61,12 @@ class VertebraResult:
     probabilities: list[float] | None = None  # P(grade 0..3)
     grade_rule: int | None = None  # transparent Genant threshold rule (20/25/40 %)
     rhlv: dict[str, float] | None = None  # REGIONS -> fraction
-    abnormality_score: float | None = None  # 0-100: surplus volume of the pseudo-healthy body (heights.py)
+    abnormality_score: float | None = None  # 0-100: surplus volume of the pseudo-healthy body (measure.heights)
     heights_mm: dict[str, dict[str, float]] | None = None  # {"original"|"pseudo_healthy": REGIONS -> mm}
     ratios: dict[str, float | None] | None = None  # reference-free: "min_max", "to_neighbours"
     genant_points_lps: dict[str, list[float]] | None = None  # GENANT_POINTS -> [x, y, z] LPS mm
     context: list[dict[str, Any]] = field(default_factory=list)  # neighbours used: level, weight
-    counterfactuals: dict[str, Any] | None = None  # grade -> file, loss, RHLV (simulate.CounterfactualSeries)
+    counterfactuals: dict[str, Any] | None = None  # grade -> file, loss, RHLV (measure.counterfactuals.CounterfactualSeries)
     views: VertebraViews | None = None  # not serialised
 
     def to_dict(self) -> dict[str, Any]:
@@ -115,7 +115,7 @@ class CaseResult:
     vertebrae: list[VertebraResult]
     inputs: dict[str, str | None]
     timing_s: dict[str, float] = field(default_factory=dict)
-    # volumes on the input grid (SimpleITK images), written by report.write_outputs
+    # volumes on the input grid (SimpleITK images), written by outputs.report.write_outputs
     loss_volume: Any = None
     healthy_label_volume: Any = None
     original_body_volume: Any = None

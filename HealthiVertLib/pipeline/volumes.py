@@ -1,8 +1,9 @@
-"""One case from labels (and CT) to graded vertebrae: the data flow of DESIGN.md in one place.
+"""Per-vertebra views and the case's volumes on the input grid.
 
-``grade_case`` orders the vertebrae along the spine, fits the spine curve, extracts each needed
-vertebral body in its local frame, asks the engine for the pseudo-healthy body, measures heights
-and RHLV, grades, and maps the results back onto the input grid.
+:func:`vertebra_views`: the mid-sagittal slices, the axial loss map and the AP profile of one
+vertebra (for the figures); :class:`VolumeWriter`: collects each vertebra's height loss,
+pseudo-healthy and original body (and the pseudo-healthy CT, for engines that make one) on the
+input grid.
 """
 
 from __future__ import annotations

@@ -1,19 +1,10 @@
-"""MRML adapter: scene nodes <-> SimpleITK images, and the results of a grading run as scene nodes.
-
-The only file of ``HealthiVertLib`` that imports ``slicer`` (MRML) and ``vtk``; it never imports
-Qt, so it runs in the Slicer application and, for the tests, with the PyPI package ``slicer-core``
-(real MRML without the application). It uses only what both provide: MRML nodes, storage nodes,
-the static segmentation logic functions and the subject hierarchy node; nothing from
-``slicer.app``, ``slicer.util`` or ``slicer.modules``.
+"""Scene volume nodes <-> SimpleITK images, and the height-loss overlay.
 
 Coordinates: MRML nodes are in RAS millimetres, SimpleITK images and ``report.json`` in LPS
 millimetres: (x, y, z) LPS = (-x, -y, z) RAS. Volumes are read and written in the node's own
-coordinates (a parent transform is not applied); result nodes get the parent transform of the
-input, so everything lines up in the views.
-
-Every node made here carries the attribute ``HealthiVert.Output`` (its role) and
-``HealthiVert.Reference`` (the ID of the input volume it belongs to). :func:`remove_outputs`
-removes exactly those, so re-running replaces the module's own results and never a user's node.
+coordinates (a parent transform is not applied). Like the rest of ``scene``, it uses only what
+both the Slicer application and ``slicer-core`` provide (MRML nodes, storage nodes; nothing from
+``slicer.app``, ``slicer.util`` or ``slicer.modules``), and never Qt.
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ on the fly (``--phantoms N``, some with simulated fractures so that fractured ne
 the context), from a phantom dataset folder or real cases in the ``healthivert batch`` layout with a
 ``vertebra_data.json`` grade file (grade <= ``--max-grade`` is healthy; the reference uses 1).
 
-Loop (method section 4): per step one batch of random slices (``data.SliceSampler``), the
+Loop (method section 4): per step one batch of random slices (``generator_data.SliceSampler``), the
 generator's forward pass, the SHRM composites of the coarse and fine CT (coarse and fine height
 head), one Adam step of the three discriminators, one of the generator; losses from ``losses``.
 Mixed precision (float16 autocast + gradient scaling) on CUDA. Under ``torchrun`` the generator

@@ -1,23 +1,10 @@
-"""2D samples for the generator: sagittal and coronal slices through a vertebra's neighbourhood.
+"""Training data of the generator: records of healthy targets, random slices, and source cases.
 
-Everything is in millimetres, in the target vertebra's rigid local frame (``straighten.LocalFrame``:
-s caudal, u posterior, v left), sampled at a fixed pixel spacing. A slice has ``size[0]`` rows along s
-(cranial at the top, centred on the target's centroid, or shifted by ``s_centre``) and ``size[1]``
-columns along u (sagittal; anterior = low column) or along v (coronal; right = low column),
-centred on the body's footprint. The same code builds the training samples and the inference
-inputs (method specification section 1.7-1.9, in mm instead of voxels):
-
-* CT: HU windowed to [-300, 800] and mapped linearly to [-1, 1];
-* labels: the vertebral bodies (``body.VertebralBody``, posterior elements removed) of the target
-  (value 1) and its neighbours (2, 3, ...), resampled from their own frames;
-* slice ratio r = |position - centre| / extent * 2 over the central 4/5 of the body's extent
-  (LR for sagittal slices, AP for coronal ones);
-* the band: the target's rows [x1, x2] of each slice are removed and the context above and below
-  is pushed apart so that every target becomes a gap of ``band`` rows centred on its mid-row;
-  ``band`` comes from the target's *expected* healthy height (its usable neighbours' heights),
-  never from its own height, and is the same function at training and at inference;
-* SHRM: the predicted height restores the band (never shorter than the current vertebra) and the
-  context is pushed apart by the difference (:func:`shrm_compose`).
+:func:`case_records` cuts the sagittal and coronal slabs of each healthy target of a case (with
+its band); :class:`SliceSampler` draws random training slices from them (spec 1.8-1.9, in mm);
+:func:`phantom_source` makes a procedural phantom (optionally with simulated fractures) and
+:func:`folder_sources` reads real or phantom-dataset cases with a grade file. The slices are
+sampled by ``engines.generator.slices``, the same code the engine uses at inference.
 """
 
 from __future__ import annotations
@@ -164,12 +151,12 @@ class SourceCase:
 
     case: Case
     healthy: dict[str, bool]
-    truth: dict | None = None  # simulate.py truth (pre-fracture heights) when fractures were simulated
+    truth: dict | None = None  # truth.simulate truth (pre-fracture heights) when fractures were simulated
 
 
 def phantom_source(seed: int, fractures: int = 0, levels: str | None = None) -> SourceCase:
-    """A procedural phantom (``phantom.make_phantom``) with random anatomy and acquisition drawn
-    from ``seed``, and ``fractures`` simulated fractures (``simulate.simulate_fracture``) at random
+    """A procedural phantom (``truth.phantom.make_phantom``) with random anatomy and acquisition drawn
+    from ``seed``, and ``fractures`` simulated fractures (``truth.simulate.simulate_fracture``) at random
     levels; fractured levels are not healthy."""
     from ..io.labels import resolve_scheme
     from ..truth.phantom import make_phantom
@@ -206,7 +193,7 @@ def folder_sources(source: str | Path, grades: str | Path | None, max_grade: int
     """Real (or phantom dataset) cases of a folder or manifest in the ``healthivert batch`` layout,
     with Genant grades from a ``vertebra_data.json`` file: grade <= ``max_grade`` is healthy (the
     reference counts grade 1 as healthy). Without a grade file every vertebra counts as healthy."""
-    from ..app.batch import discover_cases
+    from ..io.discover import discover_cases
     from ..io.grades import read_grade_file
     from ..io.case import load_case
 

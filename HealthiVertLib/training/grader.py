@@ -1,17 +1,9 @@
-"""Genant grade of a vertebra from its Relative Height Loss (RHLV): a linear SVM and a threshold rule.
+"""Fitting the SVM grader on feature tables (CSV): ``healthivert train-grader``.
 
-RHLV = (H_healthy - H_original) / H_healthy, as a fraction (0.35 = 35 % height loss), measured in the
-anterior, middle and posterior thirds of the vertebral body and overall.
-
-* :class:`SVMGrader` -- scaler + linear one-vs-one SVM (as HealthiVert's ``SVM_grading.py``) with a
-  multinomial logistic calibration of its cross-validated decision values. Fitting uses scikit-learn;
-  predicting uses numpy only, from parameters stored as plain JSON (loading never unpickles).
-* :func:`genant_rule` -- the transparent Genant threshold rule (20 / 25 / 40 %).
-* :func:`read_grade_file` / :func:`read_grade_splits` -- VerSe grade files (HealthiVert
-  ``vertebra_data.json``).
-* :func:`train_from_tables` -- fit a grader on feature tables (CSV) and save it.
-
-Research use only, not for diagnosis.
+:func:`train_from_tables` reads ``report.csv`` tables (e.g. those of ``healthivert batch``), takes
+the Genant grade of each row from a ``vertebra_data.json`` grade file (``io.grades``) or the
+table's ``grade`` column, fits a ``measure.grading.SVMGrader`` and saves it with a summary of what was
+used and skipped. Research use only, not for diagnosis.
 """
 
 from __future__ import annotations

@@ -1,19 +1,12 @@
-"""HGAM (HealthiVert-Guided Attention Module, method §3): fracture classifier + Grad-CAM++.
+"""Training the HGAM fracture classifier (``healthivert train-hgam``): data and training loop.
 
-A small 2D SE-ResNet classifies straightened sagittal slices as fractured or not; Grad-CAM++ on
-its last stage highlights the fracture-salient region, and the generator receives ``1 − CAM`` so
-that it leans less on fractured-looking context. The reference used MONAI's 2D SE-ResNet50 whose
-weights and training code were never published; ours has 0.32 M parameters (an SE-ResNet50 has
-tens of millions), is fitted with ``train_classifier`` (here on simulated fractures), and its CAM
-has a finer grid (1/16 instead of 1/32 of the slice).
-
-Shipped weights: ``data/weights/hgam_classifier.safetensors`` (+ model card), trained by
-``healthivert train-hgam`` (``train_hgam``) on sagittal slices of procedural phantoms with simulated
-fractures, labelled Genant grade >= 1 vs healthy; simulated data only: research use, not diagnosis.
-The generator engine loads them through ``load_hgam`` when they fit its slice geometry.
-
-No-HGAM path: without classifier weights, pass ``attention=None`` to ``Generator.forward`` (or
-``uniform_attention``): the attention map is 1 everywhere, the only drop-in fallback (§3).
+The classifier (``engines.generator.classifier``) is fitted with :func:`train_classifier` on
+straightened sagittal slices (:func:`sagittal_slices`, sampled exactly as the generator engine
+samples them) of procedural phantoms with simulated fractures (:func:`build_dataset`), labelled
+fractured (the centred vertebra has Genant grade >= 1) or healthy (no fractured vertebra within
+``CLEAR_LEVELS`` levels). :func:`train_hgam` writes ``hgam_classifier.safetensors`` with its model
+card. The reference's training code was never published. Simulated data only: research use, not
+diagnosis.
 """
 
 from __future__ import annotations
@@ -28,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import HealthiVertError
-from ..engines.generator.hgam import ClassifierConfig, FractureClassifier
+from ..engines.generator.classifier import ClassifierConfig, FractureClassifier
 
 
 def train_classifier(model: FractureClassifier, slices: torch.Tensor, labels: torch.Tensor, *, epochs: int = 10,
@@ -117,8 +110,8 @@ class HgamDataset:
 
 def sagittal_slices(case: Any, size: tuple[int, int], spacing: float, step_mm: float) -> dict[str, np.ndarray]:
     """Windowed sagittal slices ``(n, H, W)`` of every complete gradable vertebra of ``case``
-    (``io.Case`` with a CT), level -> slices, exactly as the generator engine samples them
-    (``data.sample_slab`` in the vertebra's local frame over the central 4/5 of its LR extent)."""
+    (``io.case.Case`` with a CT), level -> slices, exactly as the generator engine samples them
+    (``engines.generator.slices.sample_slab`` in the vertebra's local frame over the central 4/5 of its LR extent)."""
     from ..io.labels import is_gradable
     from ..geometry.spine import SpineBodies, spine_levels
     from ..engines.neighbours import gather_neighbours
@@ -143,10 +136,10 @@ def sagittal_slices(case: Any, size: tuple[int, int], spacing: float, step_mm: f
 
 
 def fractured_phantom(seed: int, n_levels: int = 8, max_fractures: int = 2, loss_range: tuple[float, float] = (0.06, 0.6)):
-    """A phantom spine (``data.phantom_source``: random anatomy and acquisition from ``seed``) of
+    """A phantom spine (``training.generator_data.phantom_source``: random anatomy and acquisition from ``seed``) of
     ``n_levels`` consecutive levels in T4-L5 with 0..``max_fractures`` simulated fractures
     (random kind, RHLV uniform in ``loss_range``: grades 0-3) on non-adjacent levels.
-    Returns ``(io.Case, {level: Genant grade})`` with the simulator's measured grades."""
+    Returns ``(io.case.Case, {level: Genant grade})`` with the simulator's measured grades."""
     from ..io.case import Case
     from ..truth.simulate import simulate_fracture
     from .generator_data import phantom_source

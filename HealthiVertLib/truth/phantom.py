@@ -95,7 +95,7 @@ BORDER_MM = 2.0  # thickness of the Kirschke "corpus border" (49) subregion
 ENDPLATE_CONCAVITY = 0.035  # central endplate depression, fraction of the body height per endplate
 RIM_ROUNDING_MM = 1.0
 MEASURE_RIM_MM = 2.0  # the pipeline leaves out columns within 2 mm of the footprint's edge
-CENTRAL_SLAB = 0.4  # ... and keeps the central 40 % of the LR width (heights.py, body.py)
+CENTRAL_SLAB = 0.4  # ... and keeps the central 40 % of the LR width (measure.heights, geometry.body)
 
 KIRSCHKE = {"arcus": 41, "spinous": 42, "transverse_left": 43, "transverse_right": 44,
             "sup_articular_left": 45, "sup_articular_right": 46, "inf_articular_left": 47,
@@ -346,7 +346,7 @@ class _Vertebra:
 
 
 def _frame(tangent: np.ndarray) -> np.ndarray:
-    """Posterior-anchored frame rows (s, u, v) for a caudal unit tangent (as straighten.py)."""
+    """Posterior-anchored frame rows (s, u, v) for a caudal unit tangent (as geometry.straighten)."""
     left = np.cross(tangent, [0.0, 1.0, 0.0])
     left /= np.linalg.norm(left)
     return np.stack([tangent, np.cross(left, tangent), left])

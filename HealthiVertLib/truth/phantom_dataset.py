@@ -1,39 +1,10 @@
-"""Procedural spine phantoms: CT (HU), VerSe vertebra labels and vertebral-body subregions with exact truth.
+"""VerSe-like datasets of procedural phantoms with simulated fractures (``healthivert simulate --phantom``).
 
-A phantom is a healthy thoracolumbar spine (T1-L5 by default, any contiguous range of it) built from
-smooth shapes in each vertebra's own frame and sampled on a voxel grid of any spacing and
-orientation. It exists to test and benchmark HealthiVert against known geometry; it is not anatomy
-for any clinical purpose.
-
-**Geometry.** Per level, from published cadaver morphometry: posterior and anterior body heights,
-upper endplate depth and width (Panjabi et al., Spine 1991;16:888-901 for T1-T12 and Spine
-1992;17:299-306 for L1-L5), spinal canal width/depth and pedicle width/height (same papers;
-Zindrick et al., Spine 1987;12:160-166 for pedicle widths), spinous and transverse processes
-(Panjabi 1991/1992), disc heights (mid-disc, in the range of Pooni et al., Spine 1986 and
-Kunkel et al., J Anat 2010). **The values in :data:`ANATOMY` are approximate** (rounded means read
-from those tables and figures, smoothed across levels so that sizes grow cranio-caudally); they
-are plausible adult dimensions, not a reproduction of any table.
-
-Each vertebral body is a superellipse in the axial plane (elliptic anteriorly, flatter
-posteriorly) with planar endplates tilted from the anterior to the posterior height, a slight
-endplate concavity and rounded rims; around it lie a ~1 mm dense cortical shell and trabecular
-bone with seeded band-limited texture (osteoporotic to osteopenic HU). The neural arch (pedicles
-and laminae as an elliptic ring around the canal, joined to the back of the body), spinous
-process, transverse processes and superior/inferior articular processes are simple smooth shapes.
-Discs fill the space between the endplates. The spine centre line is a smooth curve with
-thoracic kyphosis, lumbar lordosis and an optional C-shaped scoliosis; each body is square to the
-curve at its centre (lordosis comes from wedge-shaped discs, kyphosis partly from the bodies).
-Soft tissue: an elliptic torso (muscle / viscera inside a subcutaneous fat layer), lungs beside
-the thoracic spine, air outside. The CT is built with partial-volume edges, blurred by a Gaussian
-PSF (in-plane and slice profile) and given correlated noise.
-
-Not modelled: ribs, sacrum and pelvis, cervical spine, vessels and organs, the spinal cord,
-degenerative change (osteophytes, disc collapse), vertebral rotation in scoliosis, beam hardening
-and streaks. Fractures are applied afterwards by :mod:`HealthiVertLib.truth.simulate`.
-
-Coordinates: world LPS millimetres (x to the patient's left, y posterior, z superior). Each
-vertebra's frame has ``s`` caudal along the curve, ``u`` posterior, ``v`` left, as in
-:mod:`HealthiVertLib.geometry.straighten`.
+:func:`write_dataset` writes ``n`` phantom cases (:mod:`HealthiVertLib.truth.phantom`) with drawn
+spacing, orientation and anatomy, each with ``fractures_per_case`` simulated fractures
+(:mod:`HealthiVertLib.truth.simulate`), a ``manifest.csv`` that ``healthivert batch`` reads, a
+``vertebra_data.json`` grade file split by case, a truth file per case and a dataset description.
+Synthetic data; research use only, not for diagnosis.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 For one target vertebra (method specification section 5, in millimetres):
 
 1. sagittal and coronal slices through the target's neighbourhood in its local frame
-   (``data.sample_slab``), over the central 4/5 of the body's LR (sagittal) and AP (coronal)
+   (``slices.sample_slab``), over the central 4/5 of the body's LR (sagittal) and AP (coronal)
    extent, every ``slice_step_mm``;
 2. iterative synthesis per view: the nearest neighbour above, then the one below, then the
    target; each pass hides that vertebra behind its band, runs the generator on **all slices of
@@ -129,7 +129,7 @@ class GeneratorEngine:
         return load_hgam(hgam, self.model.config, self.device, named=named)
 
     def attach(self, case) -> None:
-        """Give the engine the case's CT (``io.Case``); None for a mask-only case."""
+        """Give the engine the case's CT (``io.case.Case``); None for a mask-only case."""
         self._ct = gd.CTSampler(case.ct) if case.ct is not None else None
 
     @torch.inference_mode()

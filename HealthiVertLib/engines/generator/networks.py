@@ -16,7 +16,7 @@ Image conventions (one 2D slice of a straightened vertebra crop, sagittal or cor
 The state_dict of ``Generator(GeneratorConfig())`` has exactly the tensor names and shapes of the
 published ``latest_net_G.pth`` (spectral norm through the legacy ``torch.nn.utils.spectral_norm``
 hook: ``weight_orig``, ``weight_u``, ``weight_v``), so the authors' weights load 1:1
-(``HealthiVertLib.generator.weights.load_reference_checkpoint``).
+(``HealthiVertLib.engines.generator.weights.load_reference_checkpoint``).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """2D samples for the generator: sagittal and coronal slices through a vertebra's neighbourhood.
 
-Everything is in millimetres, in the target vertebra's rigid local frame (``straighten.LocalFrame``:
+Everything is in millimetres, in the target vertebra's rigid local frame (``geometry.straighten.LocalFrame``:
 s caudal, u posterior, v left), sampled at a fixed pixel spacing. A slice has ``size[0]`` rows along s
 (cranial at the top, centred on the target's centroid, or shifted by ``s_centre``) and ``size[1]``
 columns along u (sagittal; anterior = low column) or along v (coronal; right = low column),
@@ -8,7 +8,7 @@ centred on the body's footprint. The same code builds the training samples and t
 inputs (method specification section 1.7-1.9, in mm instead of voxels):
 
 * CT: HU windowed to [-300, 800] and mapped linearly to [-1, 1];
-* labels: the vertebral bodies (``body.VertebralBody``, posterior elements removed) of the target
+* labels: the vertebral bodies (``geometry.body.VertebralBody``, posterior elements removed) of the target
   (value 1) and its neighbours (2, 3, ...), resampled from their own frames;
 * slice ratio r = |position - centre| / extent * 2 over the central 4/5 of the body's extent
   (LR for sagittal slices, AP for coronal ones);

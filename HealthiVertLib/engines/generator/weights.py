@@ -32,7 +32,7 @@ from torch import nn
 
 from ...errors import HealthiVertError
 from ...io.files import write_bytes_atomic, write_text_atomic
-from .hgam import ClassifierConfig, FractureClassifier
+from .classifier import ClassifierConfig, FractureClassifier
 from .networks import Generator, GeneratorConfig
 
 SIMULATED_DATA_NOTICE = "Trained on simulated data — research use only, not for diagnosis."
