@@ -33,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from HealthiVertLib.evaluation.records import C_GRID, PHANTOM_LEVELS, PHANTOM_LOSS_RANGE, PHANTOM_RANGE, SEED
+from HealthiVertLib.evaluation.records import PHANTOM_LEVELS, PHANTOM_LOSS_RANGE, PHANTOM_RANGE, SEED
 from HealthiVertLib.evaluation.scoring import features, fit_grader
 from HealthiVertLib.evaluation.simulated import collect
 from HealthiVertLib.evaluation.tables import read_raw_json
@@ -120,7 +120,7 @@ The evaluation set of the accuracy benchmark (`HealthiVertLib/evaluation/`), all
 {t["n_samples"]} vertebrae graded by the engine ({data["n_real_vertebrae"]} real, {data["n_phantom_vertebrae"]}
 phantom; {data["not_graded_by_engine"]} more had no usable context) in {t["n_subjects"]} subjects; true grades
 0/1/2/3 = {n["0"]}/{n["1"]}/{n["2"]}/{n["3"]} (Genant's rule on the simulator's exact RHLV).
-- Real vertebrae, each unfractured and compressed by `HealthiVertLib/simulate.py` as
+- Real vertebrae, each unfractured and compressed by `HealthiVertLib/truth/simulate.py` as
   {", ".join(data["kinds"])} with loss {", ".join(f"{x:g}" for x in data["losses"])} (RHLV of the affected region):
 {subjects}
 - {data["n_phantoms"]} phantom spines (`HealthiVertLib/truth/phantom.py`, {PHANTOM_RANGE}, spacing, orientation,

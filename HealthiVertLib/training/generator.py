@@ -437,7 +437,7 @@ def _export(model: Generator, opts: TrainOptions, metrics: dict[str, float], his
         notice=SIMULATED_DATA_NOTICE if not opts.cases else "Research use only, not for diagnosis.",
         extra={
             "views": list(VIEWS),
-            "band": f"{BAND_FACTOR} x the expected healthy height from the neighbours (data.band_rows)",
+            "band": f"{BAND_FACTOR} x the expected healthy height from the neighbours (engines.generator.slices.band_rows)",
             "steps_done": done, "steps_planned": opts.steps, "resumed_from_step": start, "batch_size": opts.batch_size,
             "preparation_s": round(prep_s, 1), "wall_s": round(wall_s, 1),
             "validation_history": history,

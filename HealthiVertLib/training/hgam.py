@@ -282,10 +282,10 @@ def train_hgam(out: str | Path, *, cases: int = 80, val_cases: int = 20, epochs:
         config=config.to_dict(),
         training_data=(
             f"{cases} training and {val_cases} validation procedural phantom spines (HealthiVertLib.truth.phantom via "
-            f"generator.data.phantom_source, seeds {train_seeds[0]}-{val_seeds[-1]}, disjoint cases), 8 levels in T4-L5, "
+            f"training.generator_data.phantom_source, seeds {train_seeds[0]}-{val_seeds[-1]}, disjoint cases), 8 levels in T4-L5, "
             "0-2 simulated fractures each (HealthiVertLib.truth.simulate: wedge/biconcave/crush, RHLV 6-60 %, Genant 0-3). "
             f"Sagittal slices every {step_mm} mm over the central 4/5 of each vertebra, {rows}x{cols} px at {spacing} mm in "
-            "the vertebra's straightened frame, HU window -300..800 -> [-1, 1] (generator.data). Label 1: the centred "
+            "the vertebra's straightened frame, HU window -300..800 -> [-1, 1] (engines.generator.slices). Label 1: the centred "
             f"vertebra has Genant grade >= 1; 0: grade 0 and no fracture within {CLEAR_LEVELS} levels. "
             f"{len(train_set.labels)} training slices ({int(train_set.labels.sum())} fractured), "
             f"{len(val_set.labels)} validation slices ({int(val_set.labels.sum())} fractured)."

@@ -255,7 +255,7 @@ def test_importing_the_core_does_not_import_torch():
 
 
 def test_hgam_classifier_named_in_the_card_feeds_one_minus_cam_to_the_sagittal_passes(tmp_path, weights, sample_case):
-    from HealthiVertLib.engines.generator.hgam import ClassifierConfig, FractureClassifier
+    from HealthiVertLib.engines.generator.classifier import ClassifierConfig, FractureClassifier
     from HealthiVertLib.engines.generator.weights import load_generator, read_model_card
 
     gen = load_generator(weights)

@@ -21,7 +21,8 @@ pytest.importorskip("safetensors")
 from torch import nn  # noqa: E402
 
 from HealthiVertLib.errors import HealthiVertError  # noqa: E402
-from HealthiVertLib.engines.generator.hgam import ClassifierConfig, FractureClassifier, attention_from_cam, grad_cam_pp, uniform_attention  # noqa: E402
+from HealthiVertLib.engines.generator.classifier import ClassifierConfig, FractureClassifier  # noqa: E402
+from HealthiVertLib.engines.generator.hgam import attention_from_cam, grad_cam_pp, uniform_attention  # noqa: E402
 from HealthiVertLib.engines.generator.networks import ContextualAttention, Discriminators, Generator, GeneratorConfig, count_parameters, hu_to_model, model_to_hu  # noqa: E402
 from HealthiVertLib.engines.generator.weights import ModelCard, load_classifier, load_generator, load_reference_checkpoint, read_model_card, save_weights  # noqa: E402
 from HealthiVertLib.training.hgam import train_classifier  # noqa: E402

@@ -17,7 +17,8 @@ from conftest import SAMPLE_CT, SAMPLE_SEG  # noqa: E402
 from HealthiVertLib.errors import HealthiVertError  # noqa: E402
 from HealthiVertLib.training.generator_data import phantom_source  # noqa: E402
 from HealthiVertLib.engines.generator import hgam  # noqa: E402
-from HealthiVertLib.engines.generator.hgam import ClassifierConfig, DEFAULT_CLASSIFIER, FractureClassifier, hgam_attention  # noqa: E402
+from HealthiVertLib.engines.generator.classifier import ClassifierConfig, FractureClassifier  # noqa: E402
+from HealthiVertLib.engines.generator.hgam import DEFAULT_CLASSIFIER, hgam_attention  # noqa: E402
 from HealthiVertLib.training.hgam import CLEAR_LEVELS, build_dataset, fractured_phantom, sagittal_slices, split_seeds, train_classifier  # noqa: E402
 from HealthiVertLib.engines.generator.networks import Generator, GeneratorConfig  # noqa: E402
 from HealthiVertLib.engines.generator.weights import ModelCard, load_classifier, read_model_card, save_weights  # noqa: E402

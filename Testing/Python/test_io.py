@@ -17,7 +17,7 @@ from HealthiVertLib.io.images import check_same_grid, label_centroids, label_vox
 from HealthiVertLib.io.files import write_text_atomic
 from HealthiVertLib.io.labels import TOTALSEG, VERSE
 
-from conftest import DATA, TPT_CT as TPTBOX_CT, TPT_SEG as TPTBOX_VERT, TPT_SUB as TPTBOX_SUBREG
+from conftest import TPT_CT as TPTBOX_CT, TPT_SEG as TPTBOX_VERT, TPT_SUB as TPTBOX_SUBREG
 from HealthiVertLib.io.resources import SAMPLE_DIR as SAMPLE
 
 

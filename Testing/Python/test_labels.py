@@ -14,7 +14,7 @@ from HealthiVertLib.errors import HealthiVertError
 from HealthiVertLib.io.images import label_centroids, label_voxel_counts
 from HealthiVertLib.io.labels import LEVELS, TOTALSEG, VERSE, LabelScheme, body_labels, detect_scheme, is_gradable, level_from_name, level_position, normalize_level, resolve_scheme, scheme_from_dataset_json, verse_label, vertebra_labels_present
 
-from conftest import DATA, TPT_CT as TPTBOX_CT, TPT_SEG as TPTBOX_VERT, TPT_SUB as TPTBOX_SUBREG
+from conftest import DATA, TPT_SEG as TPTBOX_VERT, TPT_SUB as TPTBOX_SUBREG
 from HealthiVertLib.io.resources import SAMPLE_DIR as SAMPLE
 TS_VERTEBRAE_PP = DATA / "totalsegmentator" / "ts_vertebrae_pp_refined.nii.gz"
 HV_0007 = DATA / "healthivert" / "0007_msk.nii.gz"

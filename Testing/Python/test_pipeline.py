@@ -109,7 +109,7 @@ def test_volumes_are_on_the_input_grid(sample_result, sample_seg):
     "kind,loss,region", [("wedge", 0.6, "anterior"), ("biconcave", 0.45, "middle"), ("crush", 0.45, "overall")]
 )
 def test_simulated_fracture_is_measured_and_graded(sample_seg, tmp_path, kind, loss, region):
-    """``loss`` is the RHLV of the affected region (simulate.py); measured here against the context engine."""
+    """``loss`` is the RHLV of the affected region (truth/simulate.py); measured here against the context engine."""
     broken = simulate_fracture(sample_seg, vertebra="L3", kind=kind, loss=loss).seg
     v = _by_level(grade_case(_case_from(broken, tmp_path), ["L3"], volumes=False))["L3"]
     assert v.status == GRADED

@@ -1,4 +1,4 @@
-"""The MRML adapter (HealthiVertLib/scene.py) against real MRML: the PyPI package slicer-core
+"""The MRML adapter (HealthiVertLib/scene/) against real MRML: the PyPI package slicer-core
 (Slicer's MRML, logic and segmentation libraries without the Qt application).
 
 The scene is built as the Slicer application builds it, without Qt: application logic, colour
@@ -164,7 +164,7 @@ def test_scene_labelmap_input_keeps_values_and_is_resampled_onto_the_ct(mrml):
     assert np.array_equal(sitk.GetArrayViewFromImage(moved.image)[20:110, 5:95, 10:100], full[20:110, 5:95, 10:100])
 
 
-def _segmentation_from_file(mrml, path: Path, names: dict[int, str] | None = None, terminology: bool = False):
+def segmentation_from_file(mrml, path: Path, names: dict[int, str] | None = None, terminology: bool = False):
     """A segmentation node as the TotalSegmentator extension leaves it (one segment per label)."""
     labelmap = mrml.read_volume(path, labelmap=True, name="import")
     node = mrml.scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "TotalSegmentator")
@@ -185,7 +185,7 @@ def _segmentation_from_file(mrml, path: Path, names: dict[int, str] | None = Non
 @pytest.mark.parametrize("kind", ["names", "terminology", "unnamed"])
 def test_scene_segmentation_input_becomes_numbered_labels(mrml, kind):
     ct = mrml.read_volume(SAMPLE_CT)
-    node = _segmentation_from_file(mrml, SAMPLE_SEG, names={} if kind == "names" else None, terminology=kind == "terminology")
+    node = segmentation_from_file(mrml, SAMPLE_SEG, names={} if kind == "names" else None, terminology=kind == "terminology")
     result = scene.vertebra_labels(node, ct)
     original = sitk.GetArrayFromImage(sitk.ReadImage(str(SAMPLE_SEG)))
     got = sitk.GetArrayViewFromImage(result.image)
@@ -208,7 +208,7 @@ def test_scene_segmentation_input_becomes_numbered_labels(mrml, kind):
 
 def test_scene_segmentation_with_t13_uses_verse_numbering(mrml):
     ct = mrml.read_volume(SAMPLE_CT)
-    node = _segmentation_from_file(mrml, SAMPLE_SEG, names={labels.TOTALSEG.label_of("T11"): "T13 (extra thoracic)"})
+    node = segmentation_from_file(mrml, SAMPLE_SEG, names={labels.TOTALSEG.label_of("T11"): "T13 (extra thoracic)"})
     result = scene.vertebra_labels(node, ct)
     assert result.scheme == "verse" and labels.VERSE.label_of("T13") in result.levels
     assert "S1" not in result.levels.values()  # no VerSe label for the sacrum
@@ -477,7 +477,7 @@ def test_scene_full_grading_of_the_sample_through_mrml(mrml, sample_run, tmp_pat
     """Nodes (as Slicer loads them) -> images -> the CLI (the module's background command, in-process)
     -> scene nodes; the result equals grading the files directly."""
     ct = mrml.read_volume(SAMPLE_CT)
-    segmentation = _segmentation_from_file(mrml, SAMPLE_SEG, names={})  # TotalSegmentator-style segments
+    segmentation = segmentation_from_file(mrml, SAMPLE_SEG, names={})  # TotalSegmentator-style segments
     body = mrml.read_volume(SAMPLE_BODY, labelmap=True, name="bodies")
     study = mrml.in_study(ct)
     point = mrml.scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "L2 pick")

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 from conftest import SAMPLE_CT, SAMPLE_SEG
-from test_scene import MRML, _segmentation_from_file, slicer  # noqa: F401  (skips without slicer-core)
+from test_scene import MRML, segmentation_from_file, slicer  # noqa: F401  (skips without slicer-core)
 
 import vtk  # noqa: E402
 
@@ -91,7 +91,7 @@ def _point_on(env, image: sitk.Image, value: int):
 def test_scene_module_logic_grades_the_vertebra_under_a_point(module):
     env = module.mrml
     ct = env.read_volume(SAMPLE_CT)
-    segmentation = _segmentation_from_file(env, SAMPLE_SEG, names={})
+    segmentation = segmentation_from_file(env, SAMPLE_SEG, names={})
     point = _point_on(env, sitk.ReadImage(str(SAMPLE_SEG)), 31)  # L1 in TotalSegmentator numbering
     logic = module.HealthiVertLogic()
     assert logic.availableEngines()[0] == "context"

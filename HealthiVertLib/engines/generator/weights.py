@@ -85,9 +85,9 @@ class ModelCard:
 
 _ARCHITECTURES = {
     "generator": "HealthiVert-GAN two-stage inpainting generator (coarse + refinement with contextual "
-                 "attention, spectral-norm conv + ELU, height heads), HealthiVertLib.generator.networks.Generator",
+                 "attention, spectral-norm conv + ELU, height heads), HealthiVertLib.engines.generator.networks.Generator",
     "hgam_classifier": "2D SE-ResNet fracture classifier for HGAM Grad-CAM++, "
-                       "HealthiVertLib.generator.hgam.FractureClassifier",
+                       "HealthiVertLib.engines.generator.classifier.FractureClassifier",
 }
 
 
