@@ -27,6 +27,8 @@ from ..progress import PROGRESS_PREFIX, make_progress
 
 
 NOTICE = "HealthiVert is for research use only; it is not a medical device and not for diagnosis."
+REAL_DATA = "benchmarks/data/verse19"  # bench --real: default data folder (grades + cases)
+REAL_OUT = "benchmarks/real.md"  # bench --real: default report (raw JSON next to it)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -216,16 +218,25 @@ def _add_simulate(sub) -> None:
 
 
 def _add_bench(sub) -> None:
-    p = sub.add_parser("bench", help="accuracy benchmark of every engine and baseline on simulated fractures",
+    p = sub.add_parser("bench", help="accuracy benchmark of every engine and baseline on simulated fractures "
+                       "(--real: against radiologists' grades)",
                        description="Compress healthy vertebrae (the real cases of Testing/Data and procedural "
                        "phantoms) with the fracture simulator, estimate them with every pseudo-healthy engine and "
                        "the reference-free baselines (minmax, neighbours), and write markdown tables, PNG figures "
                        "and the raw per-vertebra JSON. Anything fitted (the SVM grader) never sees its test "
                        "subjects. Run from the repository root (needs Testing/Data). Synthetic ground truth; "
-                       "research use only.")
-    p.add_argument("--out", default="benchmarks/accuracy.md", metavar="MD",
+                       "research use only. With --real: every engine and baseline on real CTs against the "
+                       "radiologists' Genant grades of DIR/vertebra_data.json, graded by the Genant rule, the "
+                       "default SVM and an SVM refitted leave-one-subject-out (research use, not a clinical "
+                       "validation).")
+    p.add_argument("--real", action="store_true",
+                   help="real benchmark: radiologists' Genant grades instead of simulated fractures.")
+    p.add_argument("--data", default=None, metavar="DIR",
+                   help="with --real: folder with vertebra_data.json and the label maps (and CTs) "
+                   f"(default: {REAL_DATA}).")
+    p.add_argument("--out", default=None, metavar="MD",
                    help="markdown report; figures go to its folder's figures/, the raw JSON next to it "
-                   "(default: benchmarks/accuracy.md).")
+                   f"(default: benchmarks/accuracy.md; with --real {REAL_OUT}, raw JSON real.json).")
     p.add_argument("--phantoms", type=int, default=None, metavar="N",
                    help="number of phantom cases (default 30; 1 with --quick).")
     p.add_argument("--estimators", nargs="+", default=None, metavar="NAME",
@@ -239,6 +250,15 @@ def _add_bench(sub) -> None:
 
 def _bench_command(args: argparse.Namespace) -> str:
     """The command line that reproduces this run (for the report)."""
+    if args.real:
+        parts = ["healthivert bench --real"]
+        if args.data is not None and args.data != REAL_DATA:
+            parts.append(f"--data {args.data}")
+        if args.estimators:
+            parts.append("--estimators " + " ".join(args.estimators))
+        if args.out is not None and args.out != REAL_OUT:
+            parts.append(f"--out {args.out}")
+        return " ".join(parts)
     parts = ["healthivert bench"]
     if args.quick:
         parts.append("--quick")
@@ -248,24 +268,18 @@ def _bench_command(args: argparse.Namespace) -> str:
         parts.append("--estimators " + " ".join(args.estimators))
     if args.workers != 1:
         parts.append(f"--workers {args.workers}")
-    if args.out != "benchmarks/accuracy.md":
+    if args.out is not None and args.out != "benchmarks/accuracy.md":
         parts.append(f"--out {args.out}")
     return " ".join(parts)
 
 
-def _cmd_bench(args: argparse.Namespace) -> int:
-    from ..evaluation.records import N_PHANTOMS
-    from ..evaluation.bench import run
-
-    n = args.phantoms if args.phantoms is not None else (1 if args.quick else N_PHANTOMS)
-    if n < 0 or args.workers < 1:
-        raise HealthiVertError("--phantoms must be 0 or more and --workers at least 1.")
-    command = _bench_command(args)
+def _bench_progress(desc: str, kind: str, unit: str):
+    """(progress callback, close) for the bench commands: a tqdm bar, or nothing with --progress none."""
     bar, close = None, lambda: None
-    if args.progress == "bar":
+    if kind == "bar":
         from tqdm import tqdm
 
-        bar = tqdm(total=1, desc="bench", unit="case")
+        bar = tqdm(total=1, desc=desc, unit=unit)
         close = bar.close
 
     def progress(done: int, total: int, message: str) -> None:
@@ -275,6 +289,42 @@ def _cmd_bench(args: argparse.Namespace) -> int:
             bar.set_postfix_str(message)
             bar.refresh()
 
+    return progress, close
+
+
+def _cmd_bench_real(args: argparse.Namespace) -> int:
+    from ..evaluation.real import run_real
+
+    if args.quick or args.phantoms is not None or args.workers != 1:
+        raise HealthiVertError("--real runs every graded vertebra in one process; --quick, --phantoms and "
+                               "--workers apply to the simulated benchmark only.")
+    out = Path(args.out or REAL_OUT)
+    progress, close = _bench_progress("bench --real", args.progress, "step")
+    try:
+        result = run_real(out, Path(args.data or REAL_DATA), estimators=args.estimators,
+                          command=_bench_command(args), progress=progress)
+    finally:
+        close()
+    print(f"{len(result.vertebrae)} graded vertebrae, {len(result.estimates)} estimators; report written to "
+          f"{out} (raw JSON {out.with_suffix('.json')})")
+    print(NOTICE)
+    return 0
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    if args.real:
+        return _cmd_bench_real(args)
+    if args.data is not None:
+        raise HealthiVertError("--data is the real benchmark's data folder; use it with --real.")
+    from ..evaluation.records import N_PHANTOMS
+    from ..evaluation.bench import run
+
+    n = args.phantoms if args.phantoms is not None else (1 if args.quick else N_PHANTOMS)
+    if n < 0 or args.workers < 1:
+        raise HealthiVertError("--phantoms must be 0 or more and --workers at least 1.")
+    command = _bench_command(args)
+    args.out = args.out or "benchmarks/accuracy.md"
+    progress, close = _bench_progress("bench", args.progress, "case")
     result = run(Path(args.out), n_phantoms=n, quick=args.quick, estimators=args.estimators, command=command,
                  progress=progress, workers=args.workers)
     close()

@@ -1,0 +1,580 @@
+"""Real benchmark (``healthivert bench --real``): every estimator against radiologists' Genant grades.
+
+Truth is the radiologists' Genant grade of each vertebra in ``DIR/vertebra_data.json``
+(HealthiVert-GAN format, keys ``sub-verseNNN_<VerSe label>``, read by ``io.grades``); the cases are
+the label maps (and CTs, when present) of ``DIR`` found by ``io.discover.discover_cases``. Default
+``DIR``: ``benchmarks/data/verse19`` (4 VerSe19 subjects, 30 graded vertebrae, CC BY-SA 4.0).
+
+Every estimator of ``simulated.available_estimators`` (each engine of ``engines.ENGINES`` that
+starts here, then the baselines ``minmax`` and ``neighbours``) measures every graded vertebra
+(each case is loaded once). Each measurement is graded three ways (``GRADERS``):
+
+* ``rule`` -- Genant's thresholds (20/25/40 %) on the largest third's RHLV; nothing fitted.
+* ``default_svm`` -- the shipped grader (``measure.grading.load_default_grader``), fitted on
+  simulated fractures only: it never saw these subjects.
+* ``loso_svm`` -- a linear SVM (balanced class weights, C = ``LOSO_C``) refitted on the real
+  vertebrae of the *other* subjects, leave-one-subject-out (:func:`loso_grades`). A grade with
+  fewer than two training vertebrae is left out of that fold's training and said so.
+
+Metrics per estimator x grader (:func:`real_metrics`): 4-class macro precision/recall/F1,
+per-grade F1, Genant >= 2 sensitivity/specificity, grade-1 recall, fracture AUC (grade >= 1 vs 0,
+largest-third RHLV), quadratic-weighted kappa and coverage. A vertebra without a grade counts as
+wrong in every rate and is listed. :func:`run_real` collects, grades, scores and writes the
+Markdown report and the raw per-vertebra JSON. Research use only; not a clinical validation.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import math
+import os
+import time
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from ..errors import HealthiVertError
+from ..io import labels as lab
+from ..io.discover import CaseFiles, discover_cases
+from ..io.files import write_text_atomic
+from ..io.grades import GRADES, read_grade_file, read_grade_splits
+from ..io.jsonable import jsonable
+from ..measure.grading import GRADER_FEATURES, SVMGrader, classification_metrics, feature_vector, genant_rule
+from ..measure.heights import THIRDS
+from .records import GRADED, REPO
+from .scoring import roc_auc
+from .simulated import available_estimators, run_estimator
+
+DEFAULT_DATA = REPO / "benchmarks" / "data" / "verse19"
+GRADE_FILE = "vertebra_data.json"
+GRADERS = ("rule", "default_svm", "loso_svm")
+GRADER_TITLES = {
+    "rule": "Genant rule",
+    "default_svm": "default SVM (simulated training)",
+    "loso_svm": "SVM refitted LOSO",
+}
+LOSO_C = 1.0  # fixed: three training subjects per fold are too few to choose C by nested grouped CV
+MISSING = "missing"  # status of a graded vertebra absent from its label map
+PAPER_MACRO_F1 = 0.723  # HealthiVert-GAN, VerSe19 validation split
+
+
+# ------------------------------------------------------------------------------------ records
+
+
+@dataclass
+class RealVertebra:
+    """One vertebra graded by the radiologists: subject, level, VerSe label, Genant grade, split."""
+
+    subject: str
+    level: str
+    verse_label: int
+    truth: int
+    split: str = ""
+
+
+@dataclass
+class RealEstimate:
+    """One estimator's measurement of one vertebra and its grade by each grader (None: no grade)."""
+
+    estimator: str
+    status: str
+    reason: str | None = None
+    rhlv: dict[str, float] | None = None
+    seconds: float | None = None
+    grades: dict[str, int | None] = field(default_factory=lambda: {g: None for g in GRADERS})
+
+
+@dataclass
+class RealResult:
+    """Vertebrae, estimates (estimator -> list aligned with vertebrae), LOSO folds, metrics, notes."""
+
+    vertebrae: list[RealVertebra]
+    estimates: dict[str, list[RealEstimate]]
+    folds: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # estimator -> fold records
+    metrics: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)  # estimator -> grader -> m
+    notes: list[str] = field(default_factory=list)
+    setup: dict[str, Any] = field(default_factory=dict)
+
+
+# ------------------------------------------------------------------------------------ data
+
+
+def load_real_set(data_dir: str | os.PathLike) -> tuple[list[RealVertebra], dict[str, CaseFiles], list[str]]:
+    """The graded vertebrae of ``data_dir`` that have a case, the cases by subject, and notes.
+
+    Raises ``HealthiVertError`` (one line) when the grade file or the cases are missing, or when
+    no case has a graded vertebra.
+    """
+    data_dir = Path(data_dir)
+    grade_path = data_dir / GRADE_FILE
+    if not data_dir.is_dir():
+        raise HealthiVertError(f"real benchmark data folder {data_dir} does not exist; pass --data DIR "
+                               "(a folder with vertebra_data.json and the label maps)")
+    if not grade_path.is_file():
+        raise HealthiVertError(f"{data_dir} has no {GRADE_FILE} (the radiologists' Genant grades); "
+                               "pass --data DIR with that file and the label maps")
+    grades = read_grade_file(grade_path)
+    splits = read_grade_splits(grade_path)
+    try:
+        cases = {c.name: c for c in discover_cases(data_dir)}
+    except HealthiVertError as err:
+        raise HealthiVertError(f"{data_dir} has {GRADE_FILE} but no case: {err}") from None
+    notes = []
+    vertebrae = []
+    for (subject, label), grade in sorted(grades.items(), key=lambda kv: (kv[0][0], _rank(kv[0][1]))):
+        if subject not in cases:
+            continue
+        level = lab.VERSE.level_of(label) or f"label {label}"
+        vertebrae.append(RealVertebra(subject, level, label, grade, splits.get((subject, label), "")))
+    no_case = sorted({s for s, _ in grades} - set(cases))
+    if no_case:
+        notes.append(f"graded subjects without a case in {data_dir} (left out): {', '.join(no_case)}")
+    ungraded = sorted(set(cases) - {s for s, _ in grades})
+    if ungraded:
+        notes.append(f"cases without grades in {GRADE_FILE} (left out): {', '.join(ungraded)}")
+    if not vertebrae:
+        raise HealthiVertError(f"no case of {data_dir} has a graded vertebra in {GRADE_FILE} "
+                               f"(cases: {', '.join(sorted(cases))})")
+    used = {v.subject for v in vertebrae}
+    return vertebrae, {s: c for s, c in cases.items() if s in used}, notes
+
+
+def _rank(label: int) -> float:
+    """Cranio-caudal order of a VerSe label (T13 = 28 between T12 and L1)."""
+    return 19.5 if label == 28 else float(label)
+
+
+# ------------------------------------------------------------------------------------ running
+
+
+def collect_real(
+    data_dir: str | os.PathLike = DEFAULT_DATA,
+    estimators: Sequence[str] | None = None,
+    progress: Callable[[int, int, str], None] | None = None,
+) -> RealResult:
+    """Run every available (or every named) estimator on every graded vertebra; no grading yet."""
+    from ..geometry.spine import spine_levels
+    from ..io.case import load_case
+
+    vertebrae, cases, notes = load_real_set(data_dir)
+    factories = available_estimators(notes)
+    names = list(factories)
+    if estimators is not None:
+        unknown = sorted(set(estimators) - set(names))
+        if unknown:
+            raise HealthiVertError(f"unknown or unavailable estimator(s) {unknown}; available: {', '.join(names)}")
+        names = [n for n in names if n in estimators]
+    instances = {n: factories[n]() for n in names}
+    estimates: dict[str, list[RealEstimate | None]] = {n: [None] * len(vertebrae) for n in names}
+    progress = progress or (lambda k, n, message: None)
+    steps, done = len(cases) * len(names), 0
+    for subject, files in cases.items():
+        idx = [i for i, v in enumerate(vertebrae) if v.subject == subject]
+        case = load_case(files.seg, files.ct, files.subregions, name=subject)
+        present = {s.level for s in spine_levels(case)}
+        measured = [i for i in idx if vertebrae[i].level in present]
+        for i in idx:
+            if i not in measured:
+                for n in names:
+                    estimates[n][i] = RealEstimate(n, MISSING, f"{vertebrae[i].level} is not in the label map")
+        for name in names:
+            progress(done, steps, f"{subject}: {name}")
+            try:
+                out = run_estimator(name, instances[name], case, [vertebrae[i].level for i in measured])
+            except HealthiVertError as err:
+                for i in measured:
+                    estimates[name][i] = RealEstimate(name, "failed", str(err))
+            else:
+                for i, e in zip(measured, out):
+                    estimates[name][i] = RealEstimate(name, e.status, e.reason, e.rhlv,
+                                                      e.seconds if math.isfinite(e.seconds) else None)
+            done += 1
+            progress(done, steps, f"{subject}: {name}")
+    result = RealResult(vertebrae, {n: [e for e in est if e is not None] for n, est in estimates.items()},
+                        notes=notes)
+    result.setup = {
+        "data": str(data_dir),
+        "subjects": sorted(cases),
+        "cases": {s: {"seg": c.seg.name, "ct": c.ct.name if c.ct else None} for s, c in cases.items()},
+        "estimators": names,
+        "graders": list(GRADERS),
+        "loso_c": LOSO_C,
+        "grader_features": list(GRADER_FEATURES),
+    }
+    return result
+
+
+# ------------------------------------------------------------------------------------ grading
+
+
+def thirds_of(e: RealEstimate) -> dict[str, float] | None:
+    """The anterior/middle/posterior RHLV of a graded estimate, or None when it has no finite thirds."""
+    if e.status != GRADED or not e.rhlv:
+        return None
+    values = {t: e.rhlv.get(t) for t in THIRDS}
+    if any(v is None or not math.isfinite(float(v)) for v in values.values()):
+        return None
+    return {t: float(v) for t, v in values.items()}
+
+
+def fit_fold_grader(X: np.ndarray, y: np.ndarray) -> SVMGrader:
+    """The LOSO fold's SVM: linear, balanced class weights, C = ``LOSO_C``, on ``GRADER_FEATURES``.
+
+    Its calibration is cross-validated by vertebra within the training subjects (too few subjects
+    to group by subject); the held-out subject is never in ``X``.
+    """
+    return SVMGrader(C=LOSO_C, features=GRADER_FEATURES).fit(X, y)
+
+
+def loso_grades(
+    X: np.ndarray,
+    y: Sequence[int],
+    subjects: Sequence[str],
+    ok: Sequence[bool],
+    fit: Callable[[np.ndarray, np.ndarray], SVMGrader] = fit_fold_grader,
+) -> tuple[list[int | None], list[dict[str, Any]]]:
+    """Leave-one-subject-out grades: for each subject, fit on the other subjects' rows, grade its rows.
+
+    ``X`` (n, features) rows count only where ``ok``; ``y`` are the true grades. A grade with fewer
+    than two training vertebrae is left out of that fold's training (the fold record says so); a
+    fold with fewer than two grades left grades nothing. Returns the grade per row (None: no grade)
+    and one record per fold (held-out subject, training subjects, grades used and left out, note).
+    """
+    X, y = np.asarray(X, float), np.asarray(y, int)
+    subjects, ok = np.asarray([str(s) for s in subjects]), np.asarray(ok, bool)
+    pred: list[int | None] = [None] * len(y)
+    folds = []
+    for held_out in dict.fromkeys(subjects.tolist()):
+        test = subjects == held_out
+        train = ~test & ok
+        counts = {g: int((y[train] == g).sum()) for g in GRADES}
+        used = [g for g in GRADES if counts[g] >= 2]
+        left_out = [g for g in GRADES if counts[g] < 2]
+        keep = train & np.isin(y, used)
+        record: dict[str, Any] = {
+            "held_out": held_out,
+            "train_subjects": sorted(set(subjects[keep].tolist())),
+            "n_train": int(keep.sum()),
+            "train_counts": counts,
+            "grades_used": used,
+            "grades_left_out": left_out,
+            "note": None,
+        }
+        if left_out:
+            record["note"] = (f"training folds lack grade(s) {', '.join(map(str, left_out))} "
+                              f"(fewer than 2 vertebrae of the other subjects); the SVM cannot predict them")
+        grader = None
+        if len(used) < 2:
+            record["note"] = f"no SVM: the other subjects hold fewer than two grades with 2+ vertebrae ({counts})"
+        else:
+            try:
+                grader = fit(X[keep], y[keep])
+            except HealthiVertError as err:
+                record["note"] = f"no SVM: {err}"
+        if grader is not None:
+            for i in np.flatnonzero(test & ok):
+                pred[i] = int(grader.grade(dict(zip(GRADER_FEATURES, X[i])))[0])
+        folds.append(record)
+    return pred, folds
+
+
+def grade_real(result: RealResult) -> None:
+    """Fill every estimate's grades: Genant rule, default SVM and the LOSO-refitted SVM."""
+    from ..measure.grading import load_default_grader
+
+    default = load_default_grader()
+    y = [v.truth for v in result.vertebrae]
+    subjects = [v.subject for v in result.vertebrae]
+    for name, estimates in result.estimates.items():
+        thirds = [thirds_of(e) for e in estimates]
+        for e, t in zip(estimates, thirds):
+            if t is not None:
+                e.grades["rule"] = genant_rule(t)[0]
+                e.grades["default_svm"] = default.grade(t)[0]
+        ok = [t is not None for t in thirds]
+        X = np.array([feature_vector(t, GRADER_FEATURES) if t is not None else np.zeros(len(GRADER_FEATURES))
+                      for t in thirds])
+        pred, folds = loso_grades(X, y, subjects, ok)
+        for e, g in zip(estimates, pred):
+            e.grades["loso_svm"] = g
+        result.folds[name] = folds
+        for f in folds:
+            if f["note"]:
+                result.notes.append(f"`{name}`, LOSO fold '{f['held_out']} held out': {f['note']}")
+
+
+# ------------------------------------------------------------------------------------ metrics
+
+
+def _rate(hits: int, n: int) -> float:
+    return hits / n if n else float("nan")
+
+
+def real_metrics(truth: Sequence[int], pred: Sequence[int | None],
+                 score: Sequence[float | None] | None = None) -> dict[str, Any]:
+    """Metrics of predicted grades ``pred`` (None: not graded) against ``truth``.
+
+    * coverage: share of vertebrae with a grade; an ungraded vertebra counts as wrong everywhere
+      (as a prediction matching no grade), except in the kappa, which needs a grade.
+    * macro precision/recall/F1 over the grades present in the truth (``classification_metrics``);
+      per-grade precision/recall/F1 for every grade present in the truth or predicted (None otherwise).
+    * ``sens_ge2``: grade 2-3 vertebrae graded 2-3; ``spec_ge2``: grade 0-1 vertebrae graded 0-1;
+      ``grade1_recall``: grade-1 vertebrae graded 1 (NaN when the truth has none).
+    * ``auc``: fracture (grade >= 1) vs grade 0 by ``score`` (largest-third RHLV), over the
+      vertebrae with a finite score; NaN with one class.
+    * ``qwk``: quadratic-weighted kappa over the graded vertebrae (scikit-learn).
+    """
+    from sklearn.metrics import cohen_kappa_score, precision_recall_fscore_support
+
+    t = np.asarray(truth, int)
+    p = np.array([-1 if g is None else int(g) for g in pred], int)  # -1: never a correct grade
+    graded = p >= 0
+    n = len(t)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        cm = classification_metrics(t, p) if n else None
+        pp, rr, ff, support = precision_recall_fscore_support(t, p, labels=list(GRADES), average=None,
+                                                              zero_division=0)
+        qwk = (float(cohen_kappa_score(t[graded], p[graded], labels=list(GRADES), weights="quadratic"))
+               if graded.any() else float("nan"))
+    per_grade = {}
+    for g in GRADES:
+        shown = (t == g).any() or (p == g).any()
+        per_grade[str(g)] = ({"precision": float(pp[g]), "recall": float(rr[g]), "f1": float(ff[g]),
+                              "n_true": int(support[g]), "n_pred": int((p == g).sum())} if shown else None)
+    frac, normal = t >= 2, t <= 1
+    m: dict[str, Any] = {
+        "n": n,
+        "n_graded": int(graded.sum()),
+        "coverage": _rate(int(graded.sum()), n),
+        "ungraded": [int(i) for i in np.flatnonzero(~graded)],
+        "true_counts": {str(g): int((t == g).sum()) for g in GRADES},
+        "macro_precision": cm["macro_precision"] if cm else float("nan"),
+        "macro_recall": cm["macro_recall"] if cm else float("nan"),
+        "macro_f1": cm["macro_f1"] if cm else float("nan"),
+        "accuracy": cm["accuracy"] if cm else float("nan"),
+        "confusion_matrix": cm["confusion_matrix"] if cm else None,
+        "per_grade": per_grade,
+        "sens_ge2": _rate(int((frac & (p >= 2)).sum()), int(frac.sum())),
+        "spec_ge2": _rate(int((normal & graded & (p <= 1)).sum()), int(normal.sum())),
+        "grade1_recall": _rate(int(((t == 1) & (p == 1)).sum()), int((t == 1).sum())),
+        "qwk": qwk if math.isfinite(qwk) else float("nan"),
+        "auc": float("nan"),
+        "n_auc": 0,
+    }
+    if score is not None:
+        s = np.array([np.nan if v is None else float(v) for v in score], float)
+        m["auc"] = roc_auc(t >= 1, s)
+        m["n_auc"] = int(np.isfinite(s).sum())
+    return m
+
+
+def largest_third(e: RealEstimate) -> float | None:
+    """The largest of the three thirds' RHLV of an estimate (the fracture score), or None."""
+    t = thirds_of(e)
+    return max(t.values()) if t else None
+
+
+def score_real(result: RealResult) -> None:
+    """Metrics per estimator and grader over every graded vertebra."""
+    truth = [v.truth for v in result.vertebrae]
+    result.metrics = {}
+    for name, estimates in result.estimates.items():
+        score = [largest_third(e) for e in estimates]
+        result.metrics[name] = {g: real_metrics(truth, [e.grades[g] for e in estimates], score) for g in GRADERS}
+
+
+# ------------------------------------------------------------------------------------ report
+
+
+def _f(x: Any, digits: int = 2) -> str:
+    if x is None or (isinstance(x, float) and not math.isfinite(x)):
+        return "n/a"
+    return f"{x:.{digits}f}"
+
+
+def _pct(x: Any) -> str:
+    return "n/a" if x is None or (isinstance(x, float) and not math.isfinite(x)) else f"{100 * x:.0f} %"
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
+
+
+def _g(x: int | None) -> str:
+    return "–" if x is None else str(x)
+
+
+def _grade_counts(vertebrae: Sequence[RealVertebra]) -> str:
+    counts = np.bincount([v.truth for v in vertebrae], minlength=4)
+    return ", ".join(f"grade {g}: {int(counts[g])}" for g in GRADES)
+
+
+def markdown_real(result: RealResult, command: str, seconds: float, data_readme: str | None = None) -> str:
+    """The real benchmark report (``benchmarks/real.md``)."""
+    from .tables import machine_line
+
+    verts = result.vertebrae
+    subjects = list(dict.fromkeys(v.subject for v in verts))
+    splits = sorted({v.split or "(none)" for v in verts})
+    date = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    licence = (f"licence CC BY-SA 4.0, attribution and files in [the data README]({data_readme})"
+               if data_readme else "licence and attribution: see the data folder's README")
+    parts = [
+        "# Real benchmark: radiologists' Genant grades",
+        f"**Real VerSe19 CT data** ({licence}): {len(subjects)} subjects, {len(verts)} vertebrae graded by the "
+        f"VerSe19 radiologists ({_grade_counts(verts)}). **Research use only; this is not a clinical validation** "
+        "-- a handful of subjects, every rate below has a wide confidence interval.",
+        f"Reproduce: `{command}` (from the repository root). Measured {date} in {seconds / 60:.1f} min. "
+        f"Machine: {machine_line()}.",
+        "## Protocol",
+        f"- Truth: the Genant grade (0 normal, 1 mild, 2 moderate, 3 severe) of each vertebra in "
+        f"`{GRADE_FILE}` (HealthiVert-GAN format; split(s): {', '.join(splits)}). Subjects: "
+        + "; ".join(f"{s} ({', '.join(v.level for v in verts if v.subject == s)}; "
+                    f"{'CT + mask' if result.setup.get('cases', {}).get(s, {}).get('ct') else 'mask only'})"
+                    for s in subjects) + ".",
+        "- Estimators: every engine of `engines.ENGINES` that starts here, through `pipeline.grade_case`, and the "
+        "reference-free baselines `minmax` and `neighbours` (`HealthiVertLib/evaluation/baselines.py`); each case "
+        "loaded once, every graded vertebra requested.",
+        "- Graders: *rule* = Genant's thresholds 20/25/40 % on the largest third's RHLV (nothing fitted); "
+        "*default SVM* = the shipped grader `HealthiVertLib/data/grader_default.json`, fitted on simulated "
+        "fractures only (it never saw these subjects); *SVM refitted LOSO* = linear SVM with balanced class "
+        f"weights (C = {LOSO_C:g}, features: {', '.join(GRADER_FEATURES)}) fitted on the other subjects' real "
+        "vertebrae and applied to the held-out subject; a grade with fewer than 2 training vertebrae is left "
+        "out of that fold (listed under *LOSO folds*).",
+        "- Metrics over all graded vertebrae; a vertebra the estimator could not measure (or the fold could not "
+        "grade) counts as **wrong in every rate** (neither found as a fracture nor cleared as normal) and is "
+        "listed. Macro precision/recall/F1: 4-class, over the grades present in the truth (the paper's metric). "
+        "Genant >= 2: sensitivity = grade 2-3 vertebrae graded 2-3, specificity = grade 0-1 vertebrae graded "
+        "0-1. Grade-1 recall: grade-1 vertebrae graded exactly 1. AUC: fracture (grade >= 1) vs grade 0 "
+        "by the largest third's RHLV (one value per estimator; measured vertebrae only). QWK: "
+        "quadratic-weighted kappa (scikit-learn) over the graded vertebrae.",
+        f"- Not comparable with the paper: HealthiVert-GAN reports macro-F1 {PAPER_MACRO_F1} on the VerSe19 "
+        f"*validation* split; this set is {len(subjects)} *train-split* subjects ({len(verts)} vertebrae), "
+        "other protocol, other pipeline.",
+        "## Results",
+        _results_table(result),
+        _per_grade_table(result),
+        _folds_section(result),
+        "## Misses",
+        _misses(result),
+        "## Per vertebra",
+        "RHLV in % (anterior / middle / posterior); grades: rule / default SVM / SVM refitted LOSO "
+        "(– = no grade); ✗ marks a grade that differs from the truth.",
+        *[_vertebra_table(result, name) for name in result.estimates],
+    ]
+    if result.notes:
+        parts.append("## Notes\n\n" + "\n".join(f"- {n}" for n in result.notes))
+    return "\n\n".join(parts) + "\n"
+
+
+def _results_table(result: RealResult) -> str:
+    rows = []
+    for name, by_grader in result.metrics.items():
+        for g in GRADERS:
+            m = by_grader[g]
+            rows.append([f"`{name}`", GRADER_TITLES[g], f"{m['n_graded']}/{m['n']} ({_pct(m['coverage'])})",
+                         _f(m["macro_precision"]), _f(m["macro_recall"]), f"**{_f(m['macro_f1'])}**",
+                         _pct(m["sens_ge2"]), _pct(m["spec_ge2"]), _pct(m["grade1_recall"]), _f(m["qwk"]),
+                         _f(m["auc"])])
+    return _table(["estimator", "grader", "coverage", "macro precision", "macro recall", "macro-F1",
+                   "Genant ≥ 2 sensitivity", "Genant ≥ 2 specificity", "grade-1 recall", "QWK",
+                   "fracture AUC (RHLV)"], rows)
+
+
+def _per_grade_table(result: RealResult) -> str:
+    rows = []
+    for name, by_grader in result.metrics.items():
+        for g in GRADERS:
+            m = by_grader[g]
+            cells = []
+            for k in GRADES:
+                pg = m["per_grade"][str(k)]
+                cells.append("n/a" if pg is None else f"{_f(pg['f1'])} ({pg['n_pred']} pred.)")
+            cm = " ".join("[" + ",".join(str(v) for v in row) + "]" for row in m["confusion_matrix"] or [])
+            rows.append([f"`{name}`", GRADER_TITLES[g], *cells, f"`{cm}`"])
+    counts = result.metrics and next(iter(result.metrics.values()))["rule"]["true_counts"]
+    header = [f"F1 grade {k} (n = {counts[str(k)]})" for k in GRADES] if counts else [f"F1 grade {k}" for k in GRADES]
+    return ("Per-grade F1 (predictions of that grade in brackets) and confusion matrix (rows true 0-3, columns "
+            "predicted 0-3; ungraded vertebrae are not in it):\n\n"
+            + _table(["estimator", "grader", *header, "confusion"], rows))
+
+
+def _folds_section(result: RealResult) -> str:
+    lines = ["### LOSO folds",
+             "Training grades of each fold (the held-out subject never trains its own SVM):"]
+    rows = []
+    for name, folds in result.folds.items():
+        for f in folds:
+            counts = "/".join(str(f["train_counts"][g]) for g in GRADES)
+            rows.append([f"`{name}`", f["held_out"], ", ".join(f["train_subjects"]) or "–", counts,
+                         ", ".join(map(str, f["grades_left_out"])) or "–", f["note"] or ""])
+    lines.append(_table(["estimator", "held out", "trained on", "training grades 0/1/2/3", "grades left out",
+                         "note"], rows))
+    return "\n\n".join(lines)
+
+
+def _misses(result: RealResult) -> str:
+    parts = []
+    for name, estimates in result.estimates.items():
+        lines = []
+        for v, e in zip(result.vertebrae, estimates):
+            wrong = [g for g in GRADERS if e.grades[g] != v.truth]
+            if not wrong:
+                continue
+            got = ", ".join(f"{GRADER_TITLES[g]} {_g(e.grades[g])}" for g in wrong)
+            status = "" if e.status == GRADED else f" -- {e.status}: {e.reason}"
+            rhlv = _rhlv_text(e)
+            lines.append(f"- {v.subject} {v.level} (truth {v.truth}): {got}; RHLV {rhlv}{status}")
+        parts.append(f"**`{name}`** ({len(lines)} of {len(estimates)} vertebrae with at least one wrong grade)"
+                     + ("\n\n" + "\n".join(lines) if lines else ": none"))
+    return "Every vertebra whose grade by some grader differs from the truth, per estimator:\n\n" + "\n\n".join(parts)
+
+
+def _rhlv_text(e: RealEstimate) -> str:
+    t = thirds_of(e)
+    return "–" if t is None else " / ".join(f"{100 * t[k]:.0f}" for k in THIRDS)
+
+
+def _vertebra_table(result: RealResult, name: str) -> str:
+    rows = []
+    for v, e in zip(result.vertebrae, result.estimates[name]):
+        grades = " / ".join(_g(e.grades[g]) + (" ✗" if e.grades[g] != v.truth else "") for g in GRADERS)
+        status = e.status if e.status == GRADED else f"{e.status}: {e.reason}"
+        rows.append([v.subject, v.level, str(v.truth), status, _rhlv_text(e), grades])
+    return f"### `{name}`\n\n" + _table(["subject", "level", "truth", "status", "RHLV a / m / p (%)",
+                                          "grade rule / default SVM / LOSO SVM"], rows)
+
+
+def raw_json_real(result: RealResult) -> str:
+    """Setup, notes, LOSO folds, metrics and every vertebra with every estimator's estimate and grades."""
+    rows = [{**asdict(v), "estimates": {n: asdict(est[i]) for n, est in result.estimates.items()}}
+            for i, v in enumerate(result.vertebrae)]
+    return json.dumps(jsonable({"setup": result.setup, "notes": result.notes, "folds": result.folds,
+                                "metrics": result.metrics, "vertebrae": rows}), indent=1) + "\n"
+
+
+def run_real(
+    markdown_path: str | os.PathLike,
+    data_dir: str | os.PathLike = DEFAULT_DATA,
+    estimators: Sequence[str] | None = None,
+    command: str = "healthivert bench --real",
+    progress: Callable[[int, int, str], None] | None = None,
+) -> RealResult:
+    """Collect, grade, score and write ``markdown_path`` and its raw JSON (same name, ``.json``)."""
+    t0 = time.perf_counter()
+    result = collect_real(data_dir, estimators=estimators, progress=progress)
+    grade_real(result)
+    score_real(result)
+    markdown_path = Path(markdown_path)
+    readme = Path(data_dir) / "README.md"
+    link = (os.path.relpath(readme.resolve(), markdown_path.resolve().parent).replace(os.sep, "/")
+            if readme.is_file() else None)
+    write_text_atomic(markdown_path, markdown_real(result, command, time.perf_counter() - t0, link))
+    write_text_atomic(markdown_path.with_suffix(".json"), raw_json_real(result))
+    return result
