@@ -26,7 +26,7 @@ LEVEL_PATTERN = re.compile(r"^(T([1-9]|1[0-3])|L[1-6])$")  # the gradable levels
 # command): start-up and reading ~1 s, each graded vertebra ~0.2 s with the context engine, its
 # three figures ~0.6 s more. Engines without a measurement here get no estimate.
 STARTUP_SECONDS = 1.0
-SECONDS_PER_VERTEBRA = {"context": 0.2, "generator": 0.8}  # benchmarks/results.md, generator_results.md
+SECONDS_PER_VERTEBRA = {"context": 0.2, "generator": 0.8, "spine": 0.2}  # results.md, generator_results.md; spine: as context on the sample
 FIGURE_SECONDS_PER_VERTEBRA = 0.6
 
 

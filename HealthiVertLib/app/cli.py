@@ -21,6 +21,7 @@ from typing import Sequence
 
 from .. import __version__
 from ..errors import HealthiVertError
+from ..engines import ENGINES
 from .options import make_engine
 from ..io.resources import SAMPLE_DIR
 from ..progress import PROGRESS_PREFIX, make_progress
@@ -70,9 +71,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_case_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--engine", default="context", choices=["context", "generator"],
+    p.add_argument("--engine", default="context", choices=sorted(ENGINES),
                    help="pseudo-healthy engine: 'context' predicts the healthy height map from the "
-                   "neighbouring vertebrae (no weights, works on labels alone); 'generator' synthesizes the "
+                   "neighbouring vertebrae (no weights, works on labels alone); 'spine' from a robust model of the "
+                   "whole spine with a level prior (labels alone; fractured vertebrae elsewhere are down-weighted); "
+                   "'generator' synthesizes the "
                    "pseudo-healthy vertebra and its CT with the HealthiVert-GAN generator (needs --ct and "
                    "PyTorch; bundled weights trained on simulated data). Default: context.")
     p.add_argument("--weights", default=None, metavar="FILE",

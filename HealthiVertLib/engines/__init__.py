@@ -15,6 +15,7 @@ from typing import Any, Callable
 
 from .base import PseudoHealthyEngine
 from .context import ContextEngine
+from .spine import SpineEngine
 
 
 def _generator_engine(**options: Any) -> PseudoHealthyEngine:
@@ -31,7 +32,11 @@ def _generator_engine(**options: Any) -> PseudoHealthyEngine:
     return GeneratorEngine(**options)
 
 
-ENGINES: dict[str, Callable[..., PseudoHealthyEngine]] = {"context": ContextEngine, "generator": _generator_engine}
+ENGINES: dict[str, Callable[..., PseudoHealthyEngine]] = {
+    "context": ContextEngine,
+    "generator": _generator_engine,
+    "spine": SpineEngine,
+}
 
 
 def get_engine(name: str, **options: Any) -> PseudoHealthyEngine:

@@ -96,14 +96,18 @@ def mean_height(body: VertebralBody) -> float:
 CONTEXT_LEVELS = 3.0
 
 
-def gather_neighbours(target: SpineLevel, levels: list[SpineLevel], bodies: SpineBodies) -> list[Neighbour]:
-    """Bodies of the vertebrae within three levels of the target (T1-L6 only; no fragments)."""
+def gather_neighbours(
+    target: SpineLevel, levels: list[SpineLevel], bodies: SpineBodies, max_levels: float = CONTEXT_LEVELS
+) -> list[Neighbour]:
+    """Bodies of the vertebrae within ``max_levels`` of the target (T1-L6 only; no fragments).
+
+    An engine that reads the whole spine says so with a ``context_levels`` attribute (``spine``: all)."""
     rank = lab.spine_ranks(v.level for v in levels)
     here = rank[target.level]
     found = []
     for v in levels:
         offset = rank[v.level] - here
-        if v is target or abs(offset) > CONTEXT_LEVELS or not lab.is_gradable(v.level) or v.fragment:
+        if v is target or abs(offset) > max_levels or not lab.is_gradable(v.level) or v.fragment:
             continue
         found.append(Neighbour(level=v.level, offset=offset, body=bodies.get(v)))
     return found

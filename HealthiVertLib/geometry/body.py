@@ -14,7 +14,7 @@ heights have sub-voxel precision on coarse (e.g. 3 mm) label maps.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import SimpleITK as sitk
@@ -24,6 +24,7 @@ from .straighten import Block, LocalFrame, block_to_index_affine
 
 
 MARGIN_MM = 4.0
+CUT_FRACTION = 0.10  # body cross-section on an image border slice, relative to its largest one, that means "cut"
 HEIGHT_MARGIN_MM = 14.0  # room along s for a pseudo-healthy body taller than the fractured one
 CENTRAL_SLAB = 0.4  # fraction of the body's LR width used for AP measurements (centred)
 
@@ -59,8 +60,9 @@ class VertebralBody:
     frame: LocalFrame
     block: Block
     occupancy: np.ndarray  # float32 (S, U, V) in [0, 1], body only
-    complete: bool  # False if the body touches the edge of the field of view
+    complete: bool  # False if the body is cut by the edge of the field of view (body_cut_by_border)
     footprint: Footprint | None  # None when the body is empty
+    level: str = ""  # "L1"; empty when unknown
 
     # measurements derived from this body by the layers above, computed once (measure.heights.own_heights)
     derived: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
@@ -89,8 +91,9 @@ def extract_body(
     seg_ijk: np.ndarray,
     bbox_ijk: tuple[np.ndarray, np.ndarray],
     body_mask_ijk: np.ndarray | None = None,
+    level: str = "",
 ) -> VertebralBody:
-    """Sample vertebra ``label`` around ``frame`` and keep its body.
+    """Sample vertebra ``label`` (level ``level``) around ``frame`` and keep its body.
 
     ``bbox_ijk`` is the (start, stop) index box of the label on the input grid; ``body_mask_ijk``
     a boolean array on the same grid marking vertebral-body voxels (from subregion labels), or None
@@ -109,9 +112,8 @@ def extract_body(
     occupancy = largest_component(occupancy)
     if body_mask_ijk is None:
         occupancy = _cut_posterior_elements(occupancy, block)
-    near = np.argwhere(ndimage.binary_dilation(occupancy >= 0.5))
-    complete = not bool(np.any(_near_border(near @ matrix.T + offset, seg.GetSize())))
-    return VertebralBody(label, frame, block, occupancy, complete, footprint_of(occupancy, block))
+    complete = not body_cut_by_border(occupancy, matrix, offset, seg.GetSize())
+    return VertebralBody(label, frame, block, occupancy, complete, footprint_of(occupancy, block), level)
 
 
 def _block_around(seg: sitk.Image, lo: np.ndarray, hi: np.ndarray, frame: LocalFrame) -> Block:
@@ -123,6 +125,33 @@ def _block_around(seg: sitk.Image, lo: np.ndarray, hi: np.ndarray, frame: LocalF
     start = np.floor(local.min(axis=0) - margin)
     stop = np.ceil(local.max(axis=0) + margin)
     return Block(start=tuple(start), shape=tuple((stop - start + 1).astype(int)))
+
+
+def body_cut_by_border(occupancy: np.ndarray, matrix: np.ndarray, offset: np.ndarray, size: Sequence[int]) -> bool:
+    """True when the vertebral *body* is cut by an edge of the image (the field of view).
+
+    Touching is not cutting: a tight crop (e.g. the label map's bounding box) ends exactly at the
+    most anterior, cranial or caudal body surface, which then lies on the border slice with nothing
+    missing, and transverse processes cut by a crop are not part of the body at all. On each side
+    of each image axis the body comes within one voxel of, it counts as cut when its cross-section
+    on that border slice (one input voxel thick, samples beyond the image included) is at least
+    ``CUT_FRACTION`` of its largest cross-section along that axis: a cut leaves a flat face of
+    about the body's full cross-section on the border, a tangent contact only a few voxels.
+    ``matrix``/``offset`` map block indices to input indices.
+    """
+    near = np.argwhere(ndimage.binary_dilation(occupancy >= 0.5))
+    if not np.any(_near_border(near @ matrix.T + offset, size)):
+        return False
+    idx = np.argwhere(occupancy >= 0.5) @ matrix.T + offset
+    size = np.asarray(size)
+    for axis in range(3):
+        slices = np.clip(np.floor(idx[:, axis] + 0.5).astype(int), -1, size[axis])  # input slice of each sample
+        counts = np.bincount(slices + 1, minlength=size[axis] + 2)  # [0]: below the image, [-1]: above it
+        largest = counts[1:-1].max(initial=0)
+        for border, beyond in ((0, counts[0]), (size[axis] - 1, counts[-1])):
+            if largest > 0 and counts[border + 1] + beyond >= CUT_FRACTION * largest:
+                return True
+    return False
 
 
 def _near_border(idx: np.ndarray, size: tuple[int, int, int]) -> np.ndarray:

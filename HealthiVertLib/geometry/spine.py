@@ -115,5 +115,7 @@ class SpineBodies:
     def get(self, v: SpineLevel) -> VertebralBody:
         if v.label not in self._cache:
             frame = LocalFrame.on_curve(self.curve, v.centroid)
-            self._cache[v.label] = extract_body(v.label, frame, self.case.seg, self.seg_ijk, v.bbox, self.body_ijk)
+            self._cache[v.label] = extract_body(
+                v.label, frame, self.case.seg, self.seg_ijk, v.bbox, self.body_ijk, v.level
+            )
         return self._cache[v.label]

@@ -52,7 +52,7 @@ def counterfactuals(
     h_ref = healthy_occupancy.sum(axis=0) * block.spacing
 
     def as_body(occ: np.ndarray) -> VertebralBody:
-        return VertebralBody(target.label, target.frame, block, occ, True, footprint_of(occ, block) or fp)
+        return VertebralBody(target.label, target.frame, block, occ, True, footprint_of(occ, block) or fp, target.level)
 
     out = {}
     for grade, loss in sorted(losses.items()):

@@ -38,7 +38,11 @@ FEATURES = ("rhlv_anterior", "rhlv_middle", "rhlv_posterior")
 # thresholds; a linear model cannot form that max itself, and without it the SVM's grouped-CV
 # macro-F1 on the benchmark set was 0.60 instead of 0.69 (grader_default.md).
 GRADER_FEATURES = (*FEATURES, "rhlv_max")
-ALLOWED_FEATURES = ("rhlv_anterior", "rhlv_middle", "rhlv_posterior", "rhlv_overall", "rhlv_max")
+# Losses at the 15/50/85 % points (measure.points): the heights a radiologist compares.
+POINT_FEATURES = ("point_loss_anterior", "point_loss_middle", "point_loss_posterior")
+ALLOWED_FEATURES = (
+    "rhlv_anterior", "rhlv_middle", "rhlv_posterior", "rhlv_overall", "rhlv_max", *POINT_FEATURES, "point_loss_max",
+)  # fmt: skip
 THIRD_NAMES = ("anterior", "middle", "posterior")
 GRADE_NAMES = ("normal", "mild", "moderate", "severe")
 GENANT_THRESHOLDS = (0.20, 0.25, 0.40)  # mild >= 20 %, moderate >= 25 %, severe >= 40 %
@@ -60,22 +64,32 @@ CONVENTION = (
 # ----------------------------------------------------------------------------------------- features
 
 
-def feature_vector(rhlv: Mapping[str, float], features: Sequence[str] = FEATURES) -> np.ndarray:
-    """Feature vector from an RHLV mapping keyed ``"anterior"`` or ``"rhlv_anterior"`` (fractions);
-    ``rhlv_max`` is the largest of the three thirds when the mapping does not give it."""
+def feature_vector(measured: Mapping[str, float], features: Sequence[str] = FEATURES) -> np.ndarray:
+    """Feature vector from a mapping of losses (fractions): RHLV keyed ``"rhlv_anterior"`` (or just
+    ``"anterior"``), point losses keyed ``"point_loss_anterior"`` (:func:`grading_inputs` makes one).
+    ``rhlv_max`` / ``point_loss_max`` is the largest of the three when the mapping does not give it."""
     values = []
     for name in features:
-        short = name.removeprefix("rhlv_")
-        value = rhlv.get(name, rhlv.get(short))
-        if short == "max" and value in (None, ""):  # not given (or an empty CSV cell): from the thirds
-            value = max(feature_vector(rhlv, [f"rhlv_{t}" for t in THIRD_NAMES]))
+        prefix = "point_loss_" if name.startswith("point_loss_") else "rhlv_"
+        short = name.removeprefix(prefix)
+        value = measured.get(name, measured.get(short) if prefix == "rhlv_" else None)
+        if short == "max" and value in (None, ""):  # not given (or an empty CSV cell): from the three
+            value = max(feature_vector(measured, [f"{prefix}{t}" for t in THIRD_NAMES]))
         if finite_float(value) is None:
+            what = "RHLV" if prefix == "rhlv_" else "point height loss"
             raise HealthiVertError(
-                f"cannot grade: the {short} height loss is missing or not a number ({value!r}); "
-                "the vertebra must be measured in all thirds before it can be graded"
+                f"cannot grade: the {short} {what} is missing or not a number ({value!r}); "
+                "the vertebra must be measured in all three places before it can be graded"
             )
         values.append(float(value))
     return np.asarray(values, dtype=float)
+
+
+def grading_inputs(rhlv: Mapping[str, float], point_loss: Mapping[str, float] | None = None) -> dict[str, float]:
+    """One vertebra's losses keyed by feature name (``rhlv_anterior`` ..., ``point_loss_anterior`` ...)."""
+    out = {f"rhlv_{k}": float(v) for k, v in rhlv.items() if v is not None}
+    out.update({f"point_loss_{k}": float(v) for k, v in (point_loss or {}).items() if v is not None})
+    return out
 
 
 def finite_float(text: Any) -> float | None:
@@ -293,14 +307,14 @@ class SVMGrader:
         out[:, self.calibration_classes_] = proba
         return out
 
-    def grade(self, rhlv: Mapping[str, float]) -> tuple[int, float, list[float]]:
-        """(grade, confidence, P(grade 0..3)) of one vertebra's RHLV mapping.
+    def grade(self, measured: Mapping[str, float]) -> tuple[int, float, list[float]]:
+        """(grade, confidence, P(grade 0..3)) of one vertebra's losses (see :func:`feature_vector`).
 
         The grade is the most probable one under the calibration of the SVM's decision values,
         so the reported grade and its confidence never contradict each other; near a boundary it
         can differ from the raw one-vs-one vote (``predict``).
         """
-        x = feature_vector(rhlv, self.features)
+        x = feature_vector(measured, self.features)
         proba = self.predict_proba(x)[0]
         grade = int(np.argmax(proba))
         return grade, float(proba[grade]), [float(v) for v in proba]

@@ -23,13 +23,14 @@ posteriorly). Unlike the Genant grade it has no thresholds; it ranks vertebrae (
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from scipy import ndimage
 
 from ..geometry.body import CENTRAL_SLAB, Footprint, VertebralBody
 from ..geometry.straighten import Block
+from .points import point_heights, point_losses
 
 THIRDS = ("anterior", "middle", "posterior")
 REGIONS = (*THIRDS, "overall")
@@ -60,6 +61,9 @@ class HeightMeasurement:
     points_local: dict[str, np.ndarray]  # GENANT_POINTS -> local (s, u, v) mm
     min_max_ratio: float
     abnormality_score: float = float("nan")  # 0-100, see the module docstring
+    # what a radiologist measures (measure.points): heights at 15/50/85 % of the AP depth and their loss
+    point_heights_mm: dict[str, dict[str, float]] = field(default_factory=dict)  # "original"|"healthy" -> point -> mm
+    point_loss: dict[str, float] = field(default_factory=dict)  # point -> 1 - original / healthy
 
 
 def measure(original: VertebralBody, healthy_occupancy: np.ndarray) -> HeightMeasurement:
@@ -79,6 +83,7 @@ def measure(original: VertebralBody, healthy_occupancy: np.ndarray) -> HeightMea
         loss_map = np.where(h_syn > 0, (h_syn - h_ori) / np.where(h_syn > 0, h_syn, 1), np.nan)
     positions, profile = _ap_profile(h_ori, h_syn, selected, block.axis(1), fp)
     thirds = [ori[t] for t in THIRDS]
+    points = {"original": point_heights(original, h_ori), "healthy": point_heights(original, h_syn)}
     return HeightMeasurement(
         rhlv=rhlv,
         original_mm=ori,
@@ -90,6 +95,8 @@ def measure(original: VertebralBody, healthy_occupancy: np.ndarray) -> HeightMea
         points_local=genant_points(original),
         min_max_ratio=min(thirds) / max(thirds) if max(thirds) > 0 else float("nan"),
         abnormality_score=abnormality_score(h_ori, h_syn),
+        point_heights_mm=points,
+        point_loss=point_losses(points["original"], points["healthy"]),
     )
 
 

@@ -16,6 +16,7 @@ import numpy as np
 
 from ..measure.heights import REGIONS
 from ..pipeline.records import CaseResult, VertebraResult
+from ..measure.points import POINTS
 
 
 NOTICE = "Research use only — not for diagnosis."
@@ -43,6 +44,15 @@ CSV_COLUMNS: tuple[str, ...] = (
     "h_healthy_middle_mm",
     "h_healthy_posterior_mm",
     "h_healthy_overall_mm",
+    "point_loss_anterior",
+    "point_loss_middle",
+    "point_loss_posterior",
+    "h_point_original_anterior_mm",
+    "h_point_original_middle_mm",
+    "h_point_original_posterior_mm",
+    "h_point_healthy_anterior_mm",
+    "h_point_healthy_middle_mm",
+    "h_point_healthy_posterior_mm",
     "ratio_min_max",
     "ratio_to_neighbours",
     "reason",
@@ -123,6 +133,10 @@ def _vertebra_row(case: str, v: VertebraResult) -> dict[str, Any]:
         row[f"rhlv_{r}"] = finite(get_path(v.rhlv, r))
         row[f"h_original_{r}_mm"] = finite(get_path(v.heights_mm, "original", r))
         row[f"h_healthy_{r}_mm"] = finite(get_path(v.heights_mm, "pseudo_healthy", r))
+    for p in POINTS:
+        row[f"point_loss_{p}"] = finite(get_path(v.point_loss, p))
+        row[f"h_point_original_{p}_mm"] = finite(get_path(v.point_heights_mm, "original", p))
+        row[f"h_point_healthy_{p}_mm"] = finite(get_path(v.point_heights_mm, "pseudo_healthy", p))
     return row
 
 

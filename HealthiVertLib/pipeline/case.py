@@ -18,7 +18,7 @@ from ..geometry.body import VertebralBody
 from ..engines.base import EngineUnavailable, NoContextError, Neighbour, PseudoHealthyEngine
 from ..engines import get_engine
 from ..engines.neighbours import mean_height
-from ..measure.grading import SVMGrader, genant_rule, load_default_grader
+from ..measure.grading import SVMGrader, genant_rule, grading_inputs, load_default_grader
 from ..measure.heights import HeightMeasurement, measure
 from ..io.case import Case
 from .records import FAILED, INCOMPLETE, NO_CONTEXT, UNSUPPORTED, CaseResult, VertebraResult
@@ -27,6 +27,7 @@ from ..geometry.straighten import array_ijk
 from ..engines.neighbours import gather_neighbours
 from ..geometry.spine import SpineBodies, SpineLevel, resolve_targets, spine_levels
 from .volumes import VolumeWriter, vertebra_views
+from ..engines.neighbours import CONTEXT_LEVELS
 
 
 Progress = Callable[[float, str], None]
@@ -114,10 +115,10 @@ def _grade_one(
         return res
     if not body.complete:
         res.status, res.complete = INCOMPLETE, False
-        res.reason = "cut by the field of view: its body touches the edge of the image, so its heights cannot be trusted"
+        res.reason = "cut by the field of view: its vertebral body is cut by the edge of the image, so its heights cannot be trusted"
         return res
     t = time.perf_counter()
-    neighbours = gather_neighbours(target, levels, bodies)
+    neighbours = gather_neighbours(target, levels, bodies, getattr(engine, "context_levels", CONTEXT_LEVELS))
     _add(timing, "bodies", time.perf_counter() - t)
     t = time.perf_counter()
     try:
@@ -136,7 +137,7 @@ def _grade_one(
     _fill_measurement(res, m, body, neighbours)
     _add(timing, "heights", time.perf_counter() - t)
     t = time.perf_counter()
-    res.grade, res.confidence, res.probabilities = grader.grade(m.rhlv)
+    res.grade, res.confidence, res.probabilities = grader.grade(grading_inputs(m.rhlv, m.point_loss))
     res.grade_rule = genant_rule(m.rhlv)[0]
     _add(timing, "grading", time.perf_counter() - t)
     t = time.perf_counter()
@@ -157,6 +158,8 @@ def _fill_measurement(res: VertebraResult, m: HeightMeasurement, body: Vertebral
     res.rhlv = m.rhlv
     res.abnormality_score = m.abnormality_score
     res.heights_mm = {"original": m.original_mm, "pseudo_healthy": m.healthy_mm}
+    res.point_heights_mm = {"original": m.point_heights_mm["original"], "pseudo_healthy": m.point_heights_mm["healthy"]}
+    res.point_loss = m.point_loss
     res.genant_points_lps = {k: body.frame.to_world(p).tolist() for k, p in m.points_local.items()}
     res.ratios = {"min_max": m.min_max_ratio, "to_neighbours": _ratio_to_neighbours(m, neighbours)}
 

@@ -63,6 +63,8 @@ class VertebraResult:
     rhlv: dict[str, float] | None = None  # REGIONS -> fraction
     abnormality_score: float | None = None  # 0-100: surplus volume of the pseudo-healthy body (measure.heights)
     heights_mm: dict[str, dict[str, float]] | None = None  # {"original"|"pseudo_healthy": REGIONS -> mm}
+    point_heights_mm: dict[str, dict[str, float]] | None = None  # {"original"|"pseudo_healthy": POINTS -> mm}
+    point_loss: dict[str, float] | None = None  # POINTS -> 1 - original / pseudo-healthy (measure.points)
     ratios: dict[str, float | None] | None = None  # reference-free: "min_max", "to_neighbours"
     genant_points_lps: dict[str, list[float]] | None = None  # GENANT_POINTS -> [x, y, z] LPS mm
     context: list[dict[str, Any]] = field(default_factory=list)  # neighbours used: level, weight
@@ -84,6 +86,8 @@ class VertebraResult:
             "rhlv": self.rhlv,
             "abnormality_score": self.abnormality_score,
             "heights_mm": self.heights_mm,
+            "point_heights_mm": self.point_heights_mm,
+            "point_loss": self.point_loss,
             "ratios": self.ratios,
             "genant_points_lps": self.genant_points_lps,
             "ap_profile": _ap_profile(self.views),

@@ -11,6 +11,7 @@ from conftest import DATA, SAMPLE_CT, SAMPLE_SEG, TPT_SEG, TPT_SUB
 
 from HealthiVertLib.engines.neighbours import expected_height
 from HealthiVertLib.errors import HealthiVertError
+from HealthiVertLib.geometry.spine import SpineBodies, spine_levels
 from HealthiVertLib.io.case import load_case
 from HealthiVertLib.truth.phantom import make_phantom
 from HealthiVertLib.pipeline.case import grade_case
@@ -218,3 +219,25 @@ def test_missing_level_uses_the_next_vertebra_with_its_distance(sample_seg, tmp_
     assert set(used) == {"L1", "L4"} and used["L1"]["offset"] == -2.0
     assert used["L4"]["weight"] == pytest.approx(2 / 3, abs=1e-3)
     assert v.status == GRADED and v.grade == 0
+
+
+def test_body_touching_a_tight_crop_is_complete_but_a_cut_body_is_not(tmp_path):
+    """Completeness looks at the body: a crop to the vertebra's own bounding box only touches it
+    (transverse processes and the most anterior surface lie on the border), a crop through it cuts it."""
+    seg = sitk.ReadImage(str(SAMPLE_SEG))
+    label = next(v.label for v in spine_levels(load_case(SAMPLE_SEG)) if v.level == "L3")
+    stats = sitk.LabelShapeStatisticsImageFilter()
+    stats.Execute(seg)
+    box = stats.GetBoundingBox(label)
+    start, size = list(box[:3]), list(box[3:])
+
+    def body_of(image, name):
+        case = _case_from(image, tmp_path, name)
+        levels = spine_levels(case)
+        return SpineBodies(case, levels).get(next(v for v in levels if v.label == label))
+
+    assert body_of(sitk.RegionOfInterest(seg, size, start), "tight").complete
+    axis = int(np.argmax(np.abs(np.array(seg.GetDirection()).reshape(3, 3)[2])))  # the cranio-caudal index axis
+    half = list(size)
+    half[axis] = size[axis] // 2
+    assert not body_of(sitk.RegionOfInterest(seg, half, start), "cut").complete
