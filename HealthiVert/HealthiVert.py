@@ -245,7 +245,7 @@ class HealthiVertParameterNode:
     targetMode: TargetMode = TargetMode.POINT
     targetPoint: vtkMRMLMarkupsFiducialNode
     targetLevel: str = ""
-    engine: str = "context"
+    engine: str = "spine"
     device: Device = Device.AUTO
     heightLossVolume: vtkMRMLScalarVolumeNode
     resultTable: vtkMRMLTableNode
@@ -714,7 +714,7 @@ class HealthiVertLogic(ScriptedLoadableModuleLogic):
         pointNode=None,
         levels: str = "",
         labelNumbering=LabelNumbering.AUTO,
-        engine: str = "context",
+        engine: str = "spine",
         device=Device.AUTO,
         outDir: Optional[str] = None,
         waitForCompletion: bool = True,

@@ -3,215 +3,131 @@
 
 Protocol (the model card ``grader_default.md`` repeats it with the numbers):
 
-* Data: the evaluation set of the accuracy benchmark (``HealthiVertLib.evaluation``), all of it --
-  simulated wedge / biconcave / crush fractures (losses 10, 22, 30, 50 %) of every healthy whole
-  vertebra of the real cases in ``Testing/Data`` plus those vertebrae unfractured, and the phantom
-  spines (two fractures each, the other vertebrae healthy). True grades: Genant's rule on the
-  simulator's exact RHLV.
-* Features: the ``context`` engine's RHLV of the anterior, middle and posterior thirds, measured
-  by the pipeline exactly as ``healthivert grade`` does (``grading.GRADER_FEATURES``: the thirds and
-  their maximum).
-* Model: standardisation + linear one-vs-one SVM with balanced class weights and a logistic
-  calibration (``grading.SVMGrader``); C in ``C_GRID`` chosen by cross-validation grouped by
-  subject (each real case and each phantom is one subject), best macro-F1.
+* Data: every vertebra graded by the VerSe19 radiologists in ``benchmarks/data/verse19`` (real CT
+  label maps, CC BY-SA 4.0; the grades of ``vertebra_data.json``).
+* Measure: the default engine (``spine``, with the shipped level prior) and the largest loss at the
+  15/50/85 % points (``measure.points``), measured by the pipeline exactly as ``healthivert grade``.
+* Model: ``measure.thresholds.ThresholdGrader``: Genant's form (grade = thresholds reached) with the
+  grade-1 threshold fitted on the radiologists' grades (best balanced accuracy of grade >= 1 vs 0);
+  grade 2 and 3 keep Genant's 25 % and 40 %; a logistic confidence on the distance to the nearest
+  threshold. Chosen over the SVMs and over fitting all three thresholds by the real benchmark's
+  leave-one-subject-out comparison (``benchmarks/real.md``), which is also its honest estimate.
 
-The benchmark (``healthivert bench``) evaluates the same protocol on held-out subjects.
-
-Usage (from the repository root, with ``Testing/Data`` present)::
-
-    python scripts/fit_default_grader.py [--workers 2]       # measures the set again (~10 min)
-    python scripts/fit_default_grader.py --from-bench benchmarks/accuracy.json   # same result, seconds
-
-Deterministic: the same code and library versions give the same JSON, byte for byte.
+Usage (from the repository root): ``python scripts/fit_default_grader.py``. Deterministic.
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
+import json
 from pathlib import Path
 
 import numpy as np
 
-from HealthiVertLib.evaluation.records import PHANTOM_LEVELS, PHANTOM_LOSS_RANGE, PHANTOM_RANGE, SEED
-from HealthiVertLib.evaluation.scoring import features, fit_grader
-from HealthiVertLib.evaluation.simulated import collect
-from HealthiVertLib.evaluation.tables import read_raw_json
-from HealthiVertLib.measure.grading import GRADE_NAMES, GRADER_FEATURES, SVMGrader, classification_metrics, feature_vector, genant_rule
-from HealthiVertLib.measure.heights import THIRDS
+from HealthiVertLib.engines import get_engine
+from HealthiVertLib.io.case import load_case
+from HealthiVertLib.io.discover import discover_cases
 from HealthiVertLib.io.files import write_text_atomic
+from HealthiVertLib.io.grades import read_grade_file
+from HealthiVertLib.io.resources import DATA_DIR
+from HealthiVertLib.measure.grading import GENANT_THRESHOLDS
+from HealthiVertLib.measure.thresholds import ThresholdGrader
+from HealthiVertLib.pipeline import grade_case
 
-DATA_DIR = Path(__file__).resolve().parents[1] / "HealthiVertLib" / "data"
-ENGINE = "context"
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT / "benchmarks" / "data" / "verse19"
+ENGINE = "spine"
+FEATURE = "point_loss_max"
 COMMAND = "python scripts/fit_default_grader.py"
-PROTOCOL_DATE = "2026-11-21"  # date the protocol was fixed (not the run date, so the JSON reproduces)
+REAL_ROW = ("spine", "loso_threshold")  # the real benchmark's row that estimates this grader
 
 
-def training_set(workers: int, from_bench: Path | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict]:
-    """(features, grades, subjects, description) of the benchmark set measured by the context engine.
-
-    ``from_bench``: read the measurements from a ``healthivert bench`` raw JSON (benchmarks/accuracy.json)
-    instead of measuring again; both give the same numbers.
-    """
-    if from_bench is not None:
-        result = read_raw_json(from_bench)
-    else:
-        result = collect(estimators=[ENGINE], workers=workers,
-                               progress=lambda k, n, m: print(f"\r{k}/{n} {m:60.60}", end="", file=sys.stderr))
-        print(file=sys.stderr)
-    if ENGINE not in result.estimates:
-        raise SystemExit(f"{from_bench} has no '{ENGINE}' results")
-    rows = [(features(e), it) for it, e in zip(result.items, result.estimates[ENGINE])]
-    used = [(x, it) for x, it in rows if x is not None]
-    X = np.array([feature_vector(dict(zip(THIRDS, x)), GRADER_FEATURES) for x, _ in used])
-    y = np.array([it.truth.grade for _, it in used])
-    subjects = np.array([it.subject for _, it in used])
-    real = [it for _, it in used if it.dataset == "real"]
-    description = {
-        "description": (
-            "simulated fractures (HealthiVertLib.truth.simulate) of healthy real vertebrae and of procedural phantom "
-            "spines, plus the unfractured vertebrae; not real graded CTs"
-        ),
-        "features_from": f"engine '{ENGINE}' through pipeline.grade_case",
-        "generator": "HealthiVertLib.evaluation.simulated.collect (the accuracy benchmark's evaluation set)",
-        "real_subjects": result.setup["real_subjects"],
-        "kinds": result.setup["kinds"],
-        "losses": result.setup["losses"],
-        "n_phantoms": result.setup["n_phantoms"],
-        "n_real_vertebrae": len(real),
-        "n_phantom_vertebrae": len(used) - len(real),
-        "not_graded_by_engine": len(rows) - len(used),
-        "seed": SEED,
-    }
-    return X, y, subjects, description
+def measurements(data: Path) -> tuple[list[float], list[int], list[str]]:
+    """(largest point loss, radiologists' grade, subject) of every graded, measured vertebra."""
+    grades = read_grade_file(data / "vertebra_data.json")
+    engine = get_engine(ENGINE)
+    scores, truth, subjects = [], [], []
+    for files in discover_cases(data):
+        result = grade_case(load_case(files.seg, files.ct, name=files.name), engine=engine, volumes=False)
+        for v in result.vertebrae:
+            g = grades.get((files.name, v.verse_label))
+            if g is None:
+                continue
+            if v.status != "graded" or not v.point_loss:
+                raise SystemExit(f"{files.name} {v.level} could not be measured ({v.status}: {v.reason})")
+            scores.append(max(v.point_loss.values()))
+            truth.append(g)
+            subjects.append(files.name)
+    return scores, truth, subjects
 
 
-def model_card(grader: SVMGrader, rule: dict, c_scores: dict[float, float]) -> str:
-    """Markdown model card of the default grader."""
-    t = grader.training
-    cv, n, data = t["cv"], t["n_per_grade"], t["data"]
-    cm = cv["confusion_matrix"]
-    rows = "\n".join(f"| {g} {GRADE_NAMES[g]} | " + " | ".join(str(v) for v in cm[g]) + " |" for g in range(4))
-    verdict = ("On these data the transparent Genant rule on the same measurements grades better than the SVM"
-               if rule["macro_f1"] > cv["macro_f1"] else "The SVM grades better than the Genant rule on these data")
-    c_rows = "\n".join(f"| {c:g} | {f:.3f} |" for c, f in c_scores.items())
-    subjects = "\n".join(f"  - {s['subject']}: {', '.join(s['levels']) or 'none'} ({s['note']})"
-                         for s in data["real_subjects"])
-    return f"""# HealthiVert default grader (`grader_default.json`)
+def benchmark_row() -> dict | None:
+    """The real benchmark's leave-one-subject-out metrics of this grader, when the committed run has them."""
+    path = ROOT / "benchmarks" / "real.json"
+    if not path.is_file():
+        return None
+    metrics = json.loads(path.read_text(encoding="utf-8")).get("metrics", {})
+    return metrics.get(REAL_ROW[0], {}).get(REAL_ROW[1])
 
-**Research use only -- not for diagnosis.** This model has never seen a real graded CT: it was
-fitted on **simulated fractures** with exact ground truth.
 
-## What it is
-A Genant grade (0 normal, 1 mild, 2 moderate, 3 severe) from the Relative Height Loss of a vertebra
-against its predicted pseudo-healthy shape, RHLV = (H_healthy - H_original) / H_healthy (fractions).
-Standardisation + linear one-vs-one SVM (`C = {grader.C:g}`, balanced class weights), as in
-HealthiVert's `SVM_grading.py`; confidences from a multinomial logistic regression fitted on the
-SVM's cross-validated decision values. The reported grade is the most probable one under that
-calibration, so grade and confidence never contradict each other. Stored as plain JSON numbers;
-evaluated with numpy only.
+def model_card(grader: ThresholdGrader, scores: list[float], truth: list[int], subjects: list[str]) -> str:
+    t = [100 * x for x in grader.thresholds]
+    counts = np.bincount(truth, minlength=4)
+    row = benchmark_row()
+    loso = ("not in benchmarks/real.json yet: run `healthivert bench --real`" if row is None else
+            f"macro-F1 {row['macro_f1']:.2f}, Genant >= 2 sensitivity {100 * row['sens_ge2']:.0f} % / specificity "
+            f"{100 * row['spec_ge2']:.0f} %, grade-1 recall {100 * row['grade1_recall']:.0f} %, QWK {row['qwk']:.2f}")
+    in_sample = [grader.grade({FEATURE: s})[0] for s in scores]
+    right = sum(p == g for p, g in zip(in_sample, truth))
+    return f"""# Default grader: model card
 
-## Features
-{", ".join(f"`{f}`" for f in grader.features)} (fractions, 0.35 = 35 % height loss), measured by the
-`{ENGINE}` engine through the same pipeline as `healthivert grade`.
+**What it is.** A Genant threshold grader (`HealthiVertLib/measure/thresholds.py`) on the largest loss of
+the three heights a radiologist compares (at 15, 50 and 85 % of the vertebral body's depth,
+`measure/points.py`), measured against the pseudo-healthy body of the `spine` engine. Grade = the number of
+thresholds reached: **{t[0]:.1f} %** (grade 1, fitted), **{t[1]:.0f} %** (grade 2) and **{t[2]:.0f} %** (grade 3)
+(Genant's; the published rule uses {100 * GENANT_THRESHOLDS[0]:.0f} % for grade 1). Confidence: P(right | distance
+to the nearest threshold), a logistic curve fitted on the same vertebrae
+({'fitted' if grader.confidence['fitted'] else "Genant rule's fixed scale"}).
 
-## Training data
-The evaluation set of the accuracy benchmark (`HealthiVertLib/evaluation/`), all of it:
-{t["n_samples"]} vertebrae graded by the engine ({data["n_real_vertebrae"]} real, {data["n_phantom_vertebrae"]}
-phantom; {data["not_graded_by_engine"]} more had no usable context) in {t["n_subjects"]} subjects; true grades
-0/1/2/3 = {n["0"]}/{n["1"]}/{n["2"]}/{n["3"]} (Genant's rule on the simulator's exact RHLV).
-- Real vertebrae, each unfractured and compressed by `HealthiVertLib/truth/simulate.py` as
-  {", ".join(data["kinds"])} with loss {", ".join(f"{x:g}" for x in data["losses"])} (RHLV of the affected region):
-{subjects}
-- {data["n_phantoms"]} phantom spines (`HealthiVertLib/truth/phantom.py`, {PHANTOM_RANGE}, spacing, orientation,
-  curvature and bone density varied by a fixed seed), two fractures each ({", ".join(PHANTOM_LEVELS)},
-  at least two levels apart, random kind, loss {PHANTOM_LOSS_RANGE[0]:g}-{PHANTOM_LOSS_RANGE[1]:g}); the
-  other vertebrae healthy.
+**What it learned from.** {len(truth)} real vertebrae of {len(set(subjects))} subjects of VerSe19
+({', '.join(sorted(set(subjects)))}; CC BY-SA 4.0, `benchmarks/data/verse19`), graded by the VerSe19 radiologists:
+grade 0: {counts[0]}, grade 1: {counts[1]}, grade 2: {counts[2]}, grade 3: {counts[3]}. One number was fitted
+(the grade-1 threshold: best balanced accuracy of grade >= 1 vs grade 0). No simulated data.
 
-Reproduce (from the repository root): `{COMMAND} --from-bench benchmarks/accuracy.json` (seconds; the
-committed raw results of `healthivert bench --workers 2`), or `{COMMAND} --workers 2` (measures the
-set again, about 10 minutes on 2 cores; the same file).
+**How good it is.** Leave-one-subject-out on the real benchmark (spine engine with its prior refitted
+without the test subject, threshold refitted without it): {loso} (`benchmarks/real.md`, row
+`spine` / grade-1 threshold). In-sample (fitted and scored on the same vertebrae, optimistic):
+{right}/{len(truth)} right. Four subjects are far too few for a clinical claim: every rate has a wide
+confidence interval, and grade 1 (the radiologists' *mild*) overlaps grade 0 in measured loss.
 
-## Choice of C
-Cross-validation grouped by subject ({cv["scheme"]}), macro-F1 of the SVM's vote:
+**Why this model.** On the real benchmark the linear SVMs (on RHLV thirds or on point losses, refitted
+leave-one-subject-out) scored macro-F1 0.15-0.28: three training subjects per fold hold too few grade 2-3
+vertebrae for a four-class SVM. Fitting all three thresholds did not do better than fitting only the
+grade-1 one. Genant's rule with its 20 % grade-1 threshold finds no grade 1 at all.
 
-| C | macro-F1 |
-|---|---|
-{c_rows}
-
-## Cross-validated performance (by subject)
-These numbers measure how well the model grades **simulated** fractures of subjects it has not
-seen, with the context engine's real measurement errors -- **not** clinical accuracy. The accuracy
-benchmark (`benchmarks/accuracy.md`) reports the same protocol per held-out real subject.
-
-| metric | value |
-|---|---|
-| accuracy | {cv["accuracy"]:.3f} |
-| balanced accuracy | {cv["balanced_accuracy"]:.3f} |
-| macro precision | {cv["macro_precision"]:.3f} |
-| macro recall | {cv["macro_recall"]:.3f} |
-| macro F1 | {cv["macro_f1"]:.3f} |
-| quadratic-weighted Cohen kappa | {cv["quadratic_weighted_kappa"]:.3f} |
-
-Confusion matrix (rows true grade, columns predicted):
-
-| true \\ predicted | 0 | 1 | 2 | 3 |
-|---|---|---|---|---|
-{rows}
-
-For comparison, the transparent Genant threshold rule (`genant_rule`, largest loss of the thirds)
-on the same measurements: accuracy {rule["accuracy"]:.3f}, macro F1 {rule["macro_f1"]:.3f},
-quadratic-weighted kappa {rule["quadratic_weighted_kappa"]:.3f}.
-
-## Limitations
-- {verdict}
-  (macro-F1 {rule["macro_f1"]:.3f} vs {cv["macro_f1"]:.3f}): a linear SVM on the three thirds cannot
-  express "the largest of the thirds", and the mild band (20-25 %) is narrower than the measurement
-  error. Each report shows the rule's grade (`grade_rule`) beside the SVM's.
-- Simulated fractures of few real subjects (three) and of phantoms: real fracture shapes, endplate
-  sclerosis, osteophytes, degenerative disc change and reader variability are not modelled.
-- The simulator's losses are set per region; real fractures mix morphologies.
-- Mild fractures (a 5-point band) are confused with normal and moderate under a few points of
-  measurement error (see the confusion matrix).
-- The linear SVM with balanced class weights trades specificity for sensitivity to rare grades.
-- Calibrated probabilities reflect this simulated data only.
-- Refit on graded VerSe cases (`healthivert train-grader`) before drawing any clinical conclusion.
+**Use.** Research use only, not for diagnosis. Reproduce: `{COMMAND}` (deterministic).
 """
 
 
-def main(argv: list[str] | None = None) -> int:
+def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--workers", type=int, default=1, help="parallel worker processes (same result)")
-    parser.add_argument("--from-bench", type=Path, default=None, metavar="JSON",
-                        help="reuse the context engine's measurements of a full 'healthivert bench' run "
-                        "(benchmarks/accuracy.json) instead of measuring again (seconds instead of minutes)")
-    parser.add_argument("--out-dir", type=Path, default=DATA_DIR, help="where to write the JSON and model card")
-    args = parser.parse_args(argv)
-
-    X, y, subjects, data = training_set(args.workers, args.from_bench)
-    grader = fit_grader(X, y, subjects)
-    c_scores = {float(c): f for c, f in grader.training["c_selection"]["macro_f1"].items()}
-    rule_pred = [genant_rule(dict(zip(("anterior", "middle", "posterior"), row)))[0] for row in X]
-    rule = classification_metrics(y, rule_pred)
-    grader.training.update(
-        {
-            "date": PROTOCOL_DATE,
-            "data": data,
-            "genant_rule_on_same_set": rule,
-            "command": COMMAND,
-            "intended_use": "research use only, not for diagnosis; fitted on simulated fractures",
-        }
-    )
-    args.out_dir.mkdir(parents=True, exist_ok=True)
+    parser.add_argument("--data", type=Path, default=DATA, help="graded cases (default: benchmarks/data/verse19)")
+    parser.add_argument("--out-dir", type=Path, default=DATA_DIR, help="where to write the JSON and the card")
+    args = parser.parse_args()
+    scores, truth, subjects = measurements(args.data)
+    grader = ThresholdGrader(FEATURE, fit_grades=(1,)).fit(scores, truth)
+    grader.training.update({
+        "data": {"description": f"{len(truth)} real vertebrae of {len(set(subjects))} VerSe19 subjects graded by "
+                                "radiologists (benchmarks/data/verse19, CC BY-SA 4.0); measured by the spine engine",
+                 "subjects": sorted(set(subjects))},
+        "engine": ENGINE,
+        "command": COMMAND,
+    })
     grader.save(args.out_dir / "grader_default.json")
-    write_text_atomic(args.out_dir / "grader_default.md", model_card(grader, rule, c_scores))
-    cv = grader.training["cv"]
-    print(
-        f"wrote {args.out_dir / 'grader_default.json'}: C {grader.C:g}, CV accuracy {cv['accuracy']:.3f}, macro F1 "
-        f"{cv['macro_f1']:.3f}, QWK {cv['quadratic_weighted_kappa']:.3f}; Genant rule macro F1 {rule['macro_f1']:.3f}"
-    )
+    write_text_atomic(args.out_dir / "grader_default.md", model_card(grader, scores, truth, subjects))
+    print(f"wrote {args.out_dir / 'grader_default.json'}: thresholds {grader.thresholds}, confidence {grader.confidence}")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main())

@@ -68,7 +68,7 @@ def grade_command(
     out_dir: str,
     ct_path: str | None = None,
     levels: str | Iterable[str] | None = None,
-    engine: str = "context",
+    engine: str = "spine",
     label_scheme: str | None = None,
     case_name: str | None = None,
     figures: bool = True,

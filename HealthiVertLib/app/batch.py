@@ -23,7 +23,7 @@ _ENGINES: dict[tuple, object] = {}  # per process: an engine is built (its weigh
 def _run_case(case: CaseFiles, out_dir: str, options: dict) -> dict:
     """Grade one case in a worker; never raises, returns its row for cases.csv."""
     from ..engines import get_engine
-    from ..measure.grading import SVMGrader
+    from ..measure.graders import load_grader
     from ..io.case import load_case
     from ..pipeline.case import grade_case
     from ..outputs.report import write_outputs
@@ -32,7 +32,7 @@ def _run_case(case: CaseFiles, out_dir: str, options: dict) -> dict:
     target = Path(out_dir) / case.name
     try:
         loaded = load_case(case.seg, case.ct, case.subregions, labels=options["labels"], name=case.name)
-        grader = SVMGrader.load(options["grader"]) if options["grader"] else None
+        grader = load_grader(options["grader"]) if options["grader"] else None
         engine_options = options.get("engine_options", {})
         key = (options["engine"], tuple(sorted(engine_options.items())))
         if key not in _ENGINES:

@@ -26,6 +26,7 @@ from ..engines.base import Neighbour, NoContextError
 from ..engines.neighbours import select_neighbours
 from ..measure.heights import THIRDS
 from ..measure.heights import own_heights
+from ..measure.points import own_point_heights
 
 REGIONS = (*THIRDS, "overall")
 
@@ -36,6 +37,7 @@ class BaselineEstimate:
 
     rhlv: dict[str, float]
     used: list[str]
+    point_loss: dict[str, float] | None = None  # the same ratio on the 15/50/85 % point heights
 
 
 def third_heights(body: VertebralBody) -> dict[str, float]:
@@ -60,13 +62,29 @@ def neighbour_loss(heights: dict[str, float], reference: list[dict[str, float]])
     return out
 
 
+def point_minmax_loss(points: dict[str, float]) -> dict[str, float]:
+    """1 - each point height / the tallest of the three (Genant's ratios within one vertebra)."""
+    h_max = max(points.values())
+    return {p: 1.0 - h / h_max if np.isfinite(h_max) and h_max > 0 else float("nan") for p, h in points.items()}
+
+
+def point_neighbour_loss(points: dict[str, float], reference: list[dict[str, float]]) -> dict[str, float]:
+    """1 - each point height / the mean of the same point of the ``reference`` vertebrae."""
+    out = {}
+    for p, h in points.items():
+        ref = float(np.mean([r[p] for r in reference]))
+        out[p] = 1.0 - h / ref if np.isfinite(ref) and ref > 0 else float("nan")
+    return out
+
+
 class MinMaxBaseline:
     """``minmax``: 1 - height of each third / tallest third of the same vertebra."""
 
     name = "minmax"
 
     def estimate(self, target: VertebralBody, neighbours: list[Neighbour]) -> BaselineEstimate:
-        return BaselineEstimate(minmax_loss(third_heights(target)), [])
+        points = own_point_heights(target)
+        return BaselineEstimate(minmax_loss(third_heights(target)), [], point_minmax_loss(points))
 
 
 class NeighbourBaseline:
@@ -85,7 +103,8 @@ class NeighbourBaseline:
             why = "; ".join(f"{lvl}: {reason}" for lvl, reason in rejected) or "none in the label map"
             raise NoContextError(f"no usable neighbouring vertebra ({why})")
         rhlv = neighbour_loss(third_heights(target), [third_heights(n.body) for n in nearest])
-        return BaselineEstimate(rhlv, [n.level for n in nearest])
+        points = point_neighbour_loss(own_point_heights(target), [own_point_heights(n.body) for n in nearest])
+        return BaselineEstimate(rhlv, [n.level for n in nearest], points)
 
 
 BASELINES: dict[str, type] = {"minmax": MinMaxBaseline, "neighbours": NeighbourBaseline}

@@ -7,14 +7,17 @@ the label maps (and CTs, when present) of ``DIR`` found by ``io.discover.discove
 
 Every estimator of ``simulated.available_estimators`` (each engine of ``engines.ENGINES`` that
 starts here, then the baselines ``minmax`` and ``neighbours``) measures every graded vertebra
-(each case is loaded once). Each measurement is graded three ways (``GRADERS``):
+(each case is loaded once; the ``spine`` engine's level prior is refitted without the subject it
+grades, :func:`loso_spine_engine`). Each measurement is graded five ways (``GRADERS``):
 
-* ``rule`` -- Genant's thresholds (20/25/40 %) on the largest third's RHLV; nothing fitted.
-* ``default_svm`` -- the shipped grader (``measure.grading.load_default_grader``), fitted on
-  simulated fractures only: it never saw these subjects.
-* ``loso_svm`` -- a linear SVM (balanced class weights, C = ``LOSO_C``) refitted on the real
-  vertebrae of the *other* subjects, leave-one-subject-out (:func:`loso_grades`). A grade with
-  fewer than two training vertebrae is left out of that fold's training and said so.
+* ``rule`` / ``rule_points`` -- Genant's thresholds (20/25/40 %) on the largest third's RHLV / on
+  the largest loss at the 15/50/85 % points (``measure.points``); nothing fitted.
+* ``default_svm`` -- the shipped grader (``measure.graders.load_default_grader``); its model card
+  says what it was fitted on.
+* ``loso_svm`` / ``loso_points`` -- a linear SVM (balanced class weights, C = ``LOSO_C``) on the
+  RHLV / point-loss features, refitted on the real vertebrae of the *other* subjects,
+  leave-one-subject-out (:func:`loso_grades`). A grade with fewer than two training vertebrae is
+  left out of that fold's training and said so.
 
 Metrics per estimator x grader (:func:`real_metrics`): 4-class macro precision/recall/F1,
 per-grade F1, Genant >= 2 sensitivity/specificity, grade-1 recall, fracture AUC (grade >= 1 vs 0,
@@ -43,20 +46,35 @@ from ..io.discover import CaseFiles, discover_cases
 from ..io.files import write_text_atomic
 from ..io.grades import GRADES, read_grade_file, read_grade_splits
 from ..io.jsonable import jsonable
-from ..measure.grading import GRADER_FEATURES, SVMGrader, classification_metrics, feature_vector, genant_rule
+from ..measure.grading import (
+    GRADER_FEATURES,
+    POINT_FEATURES,
+    SVMGrader,
+    classification_metrics,
+    feature_vector,
+    genant_rule,
+    grading_inputs,
+)
 from ..measure.heights import THIRDS
+from ..measure.thresholds import ThresholdGrader
 from .records import GRADED, REPO
 from .scoring import roc_auc
 from .simulated import available_estimators, run_estimator
 
 DEFAULT_DATA = REPO / "benchmarks" / "data" / "verse19"
 GRADE_FILE = "vertebra_data.json"
-GRADERS = ("rule", "default_svm", "loso_svm")
+GRADERS = ("rule", "rule_points", "default_svm", "loso_svm", "loso_points", "loso_threshold", "loso_thresholds")
 GRADER_TITLES = {
-    "rule": "Genant rule",
-    "default_svm": "default SVM (simulated training)",
-    "loso_svm": "SVM refitted LOSO",
+    "rule": "Genant rule on RHLV thirds",
+    "rule_points": "Genant rule on point losses",
+    "default_svm": "default grader (as shipped)",
+    "loso_svm": "SVM on RHLV refitted LOSO",
+    "loso_points": "SVM on point losses refitted LOSO",
+    "loso_threshold": "grade-1 threshold on point losses refitted LOSO",
+    "loso_thresholds": "all thresholds on point losses refitted LOSO",
 }
+POINT_GRADER_FEATURES = (*POINT_FEATURES, "point_loss_max")
+POINT_GRADERS = ("rule_points", "loso_points", "loso_threshold", "loso_thresholds")  # scored (AUC) by the largest point loss, the others by RHLV
 LOSO_C = 1.0  # fixed: three training subjects per fold are too few to choose C by nested grouped CV
 MISSING = "missing"  # status of a graded vertebra absent from its label map
 PAPER_MACRO_F1 = 0.723  # HealthiVert-GAN, VerSe19 validation split
@@ -84,6 +102,7 @@ class RealEstimate:
     status: str
     reason: str | None = None
     rhlv: dict[str, float] | None = None
+    point_loss: dict[str, float] | None = None
     seconds: float | None = None
     grades: dict[str, int | None] = field(default_factory=lambda: {g: None for g in GRADERS})
 
@@ -169,12 +188,16 @@ def collect_real(
             raise HealthiVertError(f"unknown or unavailable estimator(s) {unknown}; available: {', '.join(names)}")
         names = [n for n in names if n in estimators]
     instances = {n: factories[n]() for n in names}
+    loaded = {s: load_case(f.seg, f.ct, f.subregions, name=s) for s, f in cases.items()}
+    if "spine" in instances:
+        notes.append("`spine`: its level prior is refitted for each held-out subject on the literature and the other "
+                     "subjects' grade-0 vertebrae only (leave-one-subject-out), never on the subject it grades")
     estimates: dict[str, list[RealEstimate | None]] = {n: [None] * len(vertebrae) for n in names}
     progress = progress or (lambda k, n, message: None)
     steps, done = len(cases) * len(names), 0
     for subject, files in cases.items():
         idx = [i for i, v in enumerate(vertebrae) if v.subject == subject]
-        case = load_case(files.seg, files.ct, files.subregions, name=subject)
+        case = loaded[subject]
         present = {s.level for s in spine_levels(case)}
         measured = [i for i in idx if vertebrae[i].level in present]
         for i in idx:
@@ -183,14 +206,15 @@ def collect_real(
                     estimates[n][i] = RealEstimate(n, MISSING, f"{vertebrae[i].level} is not in the label map")
         for name in names:
             progress(done, steps, f"{subject}: {name}")
+            estimator = loso_spine_engine(subject, vertebrae, loaded) if name == "spine" else instances[name]
             try:
-                out = run_estimator(name, instances[name], case, [vertebrae[i].level for i in measured])
+                out = run_estimator(name, estimator, case, [vertebrae[i].level for i in measured])
             except HealthiVertError as err:
                 for i in measured:
                     estimates[name][i] = RealEstimate(name, "failed", str(err))
             else:
                 for i, e in zip(measured, out):
-                    estimates[name][i] = RealEstimate(name, e.status, e.reason, e.rhlv,
+                    estimates[name][i] = RealEstimate(name, e.status, e.reason, e.rhlv, e.point_loss,
                                                       e.seconds if math.isfinite(e.seconds) else None)
             done += 1
             progress(done, steps, f"{subject}: {name}")
@@ -208,7 +232,32 @@ def collect_real(
     return result
 
 
+def loso_spine_engine(held_out: str, vertebrae: Sequence[RealVertebra], cases: dict[str, Any]) -> Any:
+    """The ``spine`` engine with its level prior fitted without ``held_out``: the literature and the
+    grade-0 vertebrae of the other subjects (``training.spine_prior``)."""
+    from ..engines.spine import SpineEngine
+    from ..training.spine_prior import fit_prior, healthy_vertebrae, literature_prior
+
+    spines = []
+    for subject, case in cases.items():
+        if subject != held_out:
+            grades = {v.level: v.truth for v in vertebrae if v.subject == subject}
+            spines.append(healthy_vertebrae(case, grades))
+    others = ", ".join(s for s in cases if s != held_out)
+    return SpineEngine(prior=fit_prior(spines, literature_prior(), f"literature + grade-0 vertebrae of {others}"))
+
+
 # ------------------------------------------------------------------------------------ grading
+
+
+def points_of(e: RealEstimate) -> dict[str, float] | None:
+    """The anterior/middle/posterior point losses of a graded estimate, or None when not all finite."""
+    if e.status != GRADED or not e.point_loss:
+        return None
+    values = {t: e.point_loss.get(t) for t in THIRDS}
+    if any(v is None or not math.isfinite(float(v)) for v in values.values()):
+        return None
+    return {t: float(v) for t, v in values.items()}
 
 
 def thirds_of(e: RealEstimate) -> dict[str, float] | None:
@@ -221,13 +270,21 @@ def thirds_of(e: RealEstimate) -> dict[str, float] | None:
     return {t: float(v) for t, v in values.items()}
 
 
-def fit_fold_grader(X: np.ndarray, y: np.ndarray) -> SVMGrader:
-    """The LOSO fold's SVM: linear, balanced class weights, C = ``LOSO_C``, on ``GRADER_FEATURES``.
+def fit_fold_grader(X: np.ndarray, y: np.ndarray, features: Sequence[str] = GRADER_FEATURES) -> SVMGrader:
+    """The LOSO fold's SVM: linear, balanced class weights, C = ``LOSO_C``, on ``features``.
 
     Its calibration is cross-validated by vertebra within the training subjects (too few subjects
     to group by subject); the held-out subject is never in ``X``.
     """
-    return SVMGrader(C=LOSO_C, features=GRADER_FEATURES).fit(X, y)
+    return SVMGrader(C=LOSO_C, features=features).fit(X, y)
+
+
+def fit_fold_threshold(grades: Sequence[int]) -> Callable[..., Any]:
+    """A fold fitter of the threshold grader (``measure.thresholds``) on one loss, fitting ``grades``."""
+    def fit(X: np.ndarray, y: np.ndarray, features: Sequence[str]) -> ThresholdGrader:
+        return ThresholdGrader(features[0], fit_grades=grades).fit(X[:, 0], y)
+
+    return fit
 
 
 def loso_grades(
@@ -235,7 +292,8 @@ def loso_grades(
     y: Sequence[int],
     subjects: Sequence[str],
     ok: Sequence[bool],
-    fit: Callable[[np.ndarray, np.ndarray], SVMGrader] = fit_fold_grader,
+    fit: Callable[..., SVMGrader] = fit_fold_grader,
+    features: Sequence[str] = GRADER_FEATURES,
 ) -> tuple[list[int | None], list[dict[str, Any]]]:
     """Leave-one-subject-out grades: for each subject, fit on the other subjects' rows, grade its rows.
 
@@ -266,45 +324,56 @@ def loso_grades(
         }
         if left_out:
             record["note"] = (f"training folds lack grade(s) {', '.join(map(str, left_out))} "
-                              f"(fewer than 2 vertebrae of the other subjects); the SVM cannot predict them")
+                              f"(fewer than 2 vertebrae of the other subjects); the fold's grader learns nothing of them")
         grader = None
         if len(used) < 2:
             record["note"] = f"no SVM: the other subjects hold fewer than two grades with 2+ vertebrae ({counts})"
         else:
             try:
-                grader = fit(X[keep], y[keep])
+                grader = fit(X[keep], y[keep], features)
             except HealthiVertError as err:
                 record["note"] = f"no SVM: {err}"
         if grader is not None:
             for i in np.flatnonzero(test & ok):
-                pred[i] = int(grader.grade(dict(zip(GRADER_FEATURES, X[i])))[0])
+                pred[i] = int(grader.grade(dict(zip(features, X[i])))[0])
         folds.append(record)
     return pred, folds
 
 
 def grade_real(result: RealResult) -> None:
     """Fill every estimate's grades: Genant rule, default SVM and the LOSO-refitted SVM."""
-    from ..measure.grading import load_default_grader
+    from ..measure.graders import load_default_grader
 
     default = load_default_grader()
     y = [v.truth for v in result.vertebrae]
     subjects = [v.subject for v in result.vertebrae]
     for name, estimates in result.estimates.items():
         thirds = [thirds_of(e) for e in estimates]
-        for e, t in zip(estimates, thirds):
+        points = [points_of(e) for e in estimates]
+        for e, t, p in zip(estimates, thirds, points):
             if t is not None:
                 e.grades["rule"] = genant_rule(t)[0]
-                e.grades["default_svm"] = default.grade(t)[0]
-        ok = [t is not None for t in thirds]
-        X = np.array([feature_vector(t, GRADER_FEATURES) if t is not None else np.zeros(len(GRADER_FEATURES))
-                      for t in thirds])
-        pred, folds = loso_grades(X, y, subjects, ok)
-        for e, g in zip(estimates, pred):
-            e.grades["loso_svm"] = g
-        result.folds[name] = folds
-        for f in folds:
-            if f["note"]:
-                result.notes.append(f"`{name}`, LOSO fold '{f['held_out']} held out': {f['note']}")
+                if set(default.features) <= set(GRADER_FEATURES) or p is not None:
+                    e.grades["default_svm"] = default.grade(grading_inputs(t, p))[0]
+            if p is not None:
+                e.grades["rule_points"] = genant_rule(p)[0]
+        result.folds[name] = []
+        point_rows = [grading_inputs({}, p) if p else None for p in points]
+        for grader, rows, features, fit in (
+            ("loso_svm", thirds, GRADER_FEATURES, fit_fold_grader),
+            ("loso_points", point_rows, POINT_GRADER_FEATURES, fit_fold_grader),
+            ("loso_threshold", point_rows, ("point_loss_max",), fit_fold_threshold(grades=(1,))),
+            ("loso_thresholds", point_rows, ("point_loss_max",), fit_fold_threshold(grades=(1, 2, 3))),
+        ):
+            ok = [r is not None for r in rows]
+            X = np.array([feature_vector(r, features) if r is not None else np.zeros(len(features)) for r in rows])
+            pred, folds = loso_grades(X, y, subjects, ok, fit=fit, features=features)
+            for e, g in zip(estimates, pred):
+                e.grades[grader] = g
+            result.folds[name] += [{**f, "grader": grader} for f in folds]
+            for f in folds:
+                if f["note"]:
+                    result.notes.append(f"`{name}` {grader}, LOSO fold '{f['held_out']} held out': {f['note']}")
 
 
 # ------------------------------------------------------------------------------------ metrics
@@ -384,8 +453,10 @@ def score_real(result: RealResult) -> None:
     truth = [v.truth for v in result.vertebrae]
     result.metrics = {}
     for name, estimates in result.estimates.items():
-        score = [largest_third(e) for e in estimates]
-        result.metrics[name] = {g: real_metrics(truth, [e.grades[g] for e in estimates], score) for g in GRADERS}
+        by_rhlv = [largest_third(e) for e in estimates]
+        by_points = [max(p.values()) if (p := points_of(e)) else None for e in estimates]
+        result.metrics[name] = {g: real_metrics(truth, [e.grades[g] for e in estimates],
+                                                by_points if g in POINT_GRADERS else by_rhlv) for g in GRADERS}
 
 
 # ------------------------------------------------------------------------------------ report
@@ -441,12 +512,18 @@ def markdown_real(result: RealResult, command: str, seconds: float, data_readme:
         "- Estimators: every engine of `engines.ENGINES` that starts here, through `pipeline.grade_case`, and the "
         "reference-free baselines `minmax` and `neighbours` (`HealthiVertLib/evaluation/baselines.py`); each case "
         "loaded once, every graded vertebra requested.",
-        "- Graders: *rule* = Genant's thresholds 20/25/40 % on the largest third's RHLV (nothing fitted); "
-        "*default SVM* = the shipped grader `HealthiVertLib/data/grader_default.json`, fitted on simulated "
-        "fractures only (it never saw these subjects); *SVM refitted LOSO* = linear SVM with balanced class "
-        f"weights (C = {LOSO_C:g}, features: {', '.join(GRADER_FEATURES)}) fitted on the other subjects' real "
-        "vertebrae and applied to the held-out subject; a grade with fewer than 2 training vertebrae is left "
-        "out of that fold (listed under *LOSO folds*).",
+        "- Measures: *RHLV* = relative height loss of the anterior, middle and posterior thirds (mean column "
+        "height over each third, HealthiVert-GAN's definition); *point losses* = loss of the heights at 15, 50 "
+        "and 85 % of the AP depth (`measure.points`: the three heights a radiologist compares).",
+        "- Graders: *Genant rule on RHLV thirds* / *on point losses* = Genant's thresholds 20/25/40 % on the "
+        "largest loss (nothing fitted); *default grader* = the shipped `HealthiVertLib/data/grader_default.json` "
+        f"({_default_grader_line()}); *SVM ... refitted LOSO* = linear SVM with balanced class weights "
+        f"(C = {LOSO_C:g}; RHLV features: {', '.join(GRADER_FEATURES)}; point features: "
+        f"{', '.join(POINT_GRADER_FEATURES)}) fitted on the other subjects' real vertebrae and applied to the "
+        "held-out subject; a grade with fewer than 2 training vertebrae is left out of that fold (listed under "
+        "*LOSO folds*).",
+        "- Fitted engines are fitted leave-one-subject-out too: the `spine` engine's level prior is refitted for "
+        "each held-out subject without its vertebrae.",
         "- Metrics over all graded vertebrae; a vertebra the estimator could not measure (or the fold could not "
         "grade) counts as **wrong in every rate** (neither found as a fracture nor cleared as normal) and is "
         "listed. Macro precision/recall/F1: 4-class, over the grades present in the truth (the paper's metric). "
@@ -464,8 +541,9 @@ def markdown_real(result: RealResult, command: str, seconds: float, data_readme:
         "## Misses",
         _misses(result),
         "## Per vertebra",
-        "RHLV in % (anterior / middle / posterior); grades: rule / default SVM / SVM refitted LOSO "
-        "(– = no grade); ✗ marks a grade that differs from the truth.",
+        "RHLV and point losses in % (anterior / middle / posterior); grades in the order "
+        + " / ".join(GRADER_TITLES[g] for g in GRADERS) + " (– = no grade); ✗ marks a grade that differs from "
+        "the truth.",
         *[_vertebra_table(result, name) for name in result.estimates],
     ]
     if result.notes:
@@ -484,7 +562,7 @@ def _results_table(result: RealResult) -> str:
                          _f(m["auc"])])
     return _table(["estimator", "grader", "coverage", "macro precision", "macro recall", "macro-F1",
                    "Genant ≥ 2 sensitivity", "Genant ≥ 2 specificity", "grade-1 recall", "QWK",
-                   "fracture AUC (RHLV)"], rows)
+                   "fracture AUC (by its measure)"], rows)
 
 
 def _per_grade_table(result: RealResult) -> str:
@@ -512,10 +590,11 @@ def _folds_section(result: RealResult) -> str:
     for name, folds in result.folds.items():
         for f in folds:
             counts = "/".join(str(f["train_counts"][g]) for g in GRADES)
-            rows.append([f"`{name}`", f["held_out"], ", ".join(f["train_subjects"]) or "–", counts,
+            rows.append([f"`{name}`", GRADER_TITLES.get(f.get("grader", ""), ""), f["held_out"],
+                         ", ".join(f["train_subjects"]) or "–", counts,
                          ", ".join(map(str, f["grades_left_out"])) or "–", f["note"] or ""])
-    lines.append(_table(["estimator", "held out", "trained on", "training grades 0/1/2/3", "grades left out",
-                         "note"], rows))
+    lines.append(_table(["estimator", "grader", "held out", "trained on", "training grades 0/1/2/3",
+                         "grades left out", "note"], rows))
     return "\n\n".join(lines)
 
 
@@ -529,8 +608,8 @@ def _misses(result: RealResult) -> str:
                 continue
             got = ", ".join(f"{GRADER_TITLES[g]} {_g(e.grades[g])}" for g in wrong)
             status = "" if e.status == GRADED else f" -- {e.status}: {e.reason}"
-            rhlv = _rhlv_text(e)
-            lines.append(f"- {v.subject} {v.level} (truth {v.truth}): {got}; RHLV {rhlv}{status}")
+            lines.append(f"- {v.subject} {v.level} (truth {v.truth}): {got}; RHLV {_rhlv_text(e)}, "
+                         f"point losses {_points_text(e)}{status}")
         parts.append(f"**`{name}`** ({len(lines)} of {len(estimates)} vertebrae with at least one wrong grade)"
                      + ("\n\n" + "\n".join(lines) if lines else ": none"))
     return "Every vertebra whose grade by some grader differs from the truth, per estimator:\n\n" + "\n\n".join(parts)
@@ -541,14 +620,28 @@ def _rhlv_text(e: RealEstimate) -> str:
     return "–" if t is None else " / ".join(f"{100 * t[k]:.0f}" for k in THIRDS)
 
 
+def _points_text(e: RealEstimate) -> str:
+    p = points_of(e)
+    return "–" if p is None else " / ".join(f"{100 * p[k]:.0f}" for k in THIRDS)
+
+
+def _default_grader_line() -> str:
+    from ..measure.graders import load_default_grader
+
+    g = load_default_grader()
+    data = g.training.get("data")
+    what = data.get("description") if isinstance(data, dict) else data
+    return f"features {', '.join(g.features)}; fitted on: {what or 'see its model card'}"
+
+
 def _vertebra_table(result: RealResult, name: str) -> str:
     rows = []
     for v, e in zip(result.vertebrae, result.estimates[name]):
         grades = " / ".join(_g(e.grades[g]) + (" ✗" if e.grades[g] != v.truth else "") for g in GRADERS)
         status = e.status if e.status == GRADED else f"{e.status}: {e.reason}"
-        rows.append([v.subject, v.level, str(v.truth), status, _rhlv_text(e), grades])
+        rows.append([v.subject, v.level, str(v.truth), status, _rhlv_text(e), _points_text(e), grades])
     return f"### `{name}`\n\n" + _table(["subject", "level", "truth", "status", "RHLV a / m / p (%)",
-                                          "grade rule / default SVM / LOSO SVM"], rows)
+                                          "point losses a / m / p (%)", "grades"], rows)
 
 
 def raw_json_real(result: RealResult) -> str:

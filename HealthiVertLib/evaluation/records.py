@@ -65,6 +65,7 @@ class Estimate:
     status: str
     reason: str | None = None
     rhlv: dict[str, float] | None = None
+    point_loss: dict[str, float] | None = None  # loss at the 15/50/85 % points (measure.points)
     healthy_mm: dict[str, float] | None = None  # pseudo-healthy heights; None for baselines
     abnormality: float | None = None
     seconds: float = float("nan")

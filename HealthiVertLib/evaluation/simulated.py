@@ -87,6 +87,7 @@ def run_estimator(name: str, estimator: Any, case: Case, levels: Sequence[str]) 
                 status=v.status,
                 reason=v.reason,
                 rhlv=dict(v.rhlv) if v.rhlv else None,
+                point_loss=dict(v.point_loss) if v.point_loss else None,
                 healthy_mm=dict(v.heights_mm["pseudo_healthy"]) if v.heights_mm else None,
                 abnormality=v.abnormality_score,
             )
@@ -115,7 +116,7 @@ def _run_baseline(name: str, baseline: Any, case: Case, levels: Sequence[str]) -
         except NoContextError as err:
             out.append(Estimate(name, "no_context", str(err)))
             continue
-        out.append(Estimate(name, GRADED, rhlv=est.rhlv))
+        out.append(Estimate(name, GRADED, rhlv=est.rhlv, point_loss=est.point_loss))
     return out
 
 

@@ -209,14 +209,17 @@ def markdown(result: BenchResult, command: str, seconds: float, figures: dict[st
 
 def _default_grader_section() -> str:
     """What the bundled grader was fitted on and its cross-validated numbers (from its JSON)."""
-    from ..measure.grading import load_default_grader
+    from ..measure.graders import load_default_grader
 
-    t = load_default_grader().training
+    grader = load_default_grader()
+    t = grader.training
     cv = t.get("cv", {})
     data = t.get("data", {})
+    kind = f"C = {grader.C:g}" if hasattr(grader, "C") else f"thresholds {getattr(grader, 'thresholds', '')}"
     lines = ["## Default grader",
              f"`HealthiVertLib/data/grader_default.json`: {data.get('description', 'see its model card')}; "
-             f"C = {load_default_grader().C:g}; reproduce with `{t.get('command', 'scripts/fit_default_grader.py')}`."]
+             f"features {', '.join(grader.features)}; {kind}; reproduce with "
+             f"`{t.get('command', 'scripts/fit_default_grader.py')}`."]
     if cv:
         lines.append(f"Cross-validated by subject ({cv.get('scheme')}): macro-F1 {_f(cv.get('macro_f1'), 3)}, "
                      f"quadratic-weighted kappa {_f(cv.get('quadratic_weighted_kappa'), 3)}, accuracy "

@@ -6,7 +6,7 @@ anterior, middle and posterior thirds of the vertebral body and overall.
 * :class:`SVMGrader` -- scaler + linear one-vs-one SVM (as HealthiVert's ``SVM_grading.py``) with a
   multinomial logistic calibration of its cross-validated decision values. Fitting uses scikit-learn;
   predicting uses numpy only, from parameters stored as plain JSON (loading never unpickles).
-  :func:`load_default_grader` loads the shipped one.
+  ``measure.graders.load_default_grader`` loads the shipped one.
 * :func:`genant_rule` -- the transparent Genant threshold rule (20 / 25 / 40 %).
 * :func:`feature_vector` -- the grader's features from an RHLV record; :func:`classification_metrics`.
 
@@ -30,7 +30,6 @@ from ..errors import HealthiVertError
 from ..io.files import write_text_atomic
 from ..io.grades import GRADES
 from ..io.jsonable import jsonable
-from ..io.resources import DEFAULT_GRADER_PATH
 
 
 FEATURES = ("rhlv_anterior", "rhlv_middle", "rhlv_posterior")
@@ -414,11 +413,6 @@ class SVMGrader:
                 f"grader file {path} is damaged or not a HealthiVert grader: {exc}; "
                 "refit it (healthivert train / scripts/fit_default_grader.py) or use the default grader"
             ) from None
-
-
-def load_default_grader() -> SVMGrader:
-    """The grader shipped with the package (``HealthiVertLib/data/grader_default.json``)."""
-    return SVMGrader.load(DEFAULT_GRADER_PATH)
 
 
 def _scaler_and_svc(C: float) -> tuple[Any, Any]:

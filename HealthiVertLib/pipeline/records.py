@@ -54,7 +54,7 @@ class VertebraResult:
     label: int  # the value in the input label map
     verse_label: int | None = None  # the same level in VerSe numbering (grade files use it)
     status: str = GRADED
-    reason: str | None = None
+    reason: str | None = None  # why it was not graded, or what a grade rests on when the engine fell back
     complete: bool = True
     grade: int | None = None  # Genant 0-3 from the configured grader
     confidence: float | None = None

@@ -183,7 +183,7 @@ TABLE_COLUMNS = (
     ("Healthy height middle", "float", "mm", "Pseudo-healthy (expected) middle height"),
     ("Healthy height posterior", "float", "mm", "Pseudo-healthy (expected) posterior height"),
     ("Genant rule grade", "int", "", "Grade by the transparent threshold rule (<20 % 0, 20-25 % 1, 25-40 % 2, >=40 % 3)"),
-    ("Reason", "str", "", "Why a vertebra was not graded"),
+    ("Reason", "str", "", "Why a vertebra was not graded, or what its grade rests on when the engine had to fall back"),
 )
 
 

@@ -36,7 +36,7 @@ def test_grade_one_vertebra_writes_every_output(tmp_path, capsys):
     before = {p: sha256(p) for p in (SAMPLE_SEG, SAMPLE_CT)}
     assert run("grade", "--seg", SAMPLE_SEG, "--ct", SAMPLE_CT, "--vertebra", "L3", "--out", out, "--progress", "none") == 0
     report = json.loads((out / "report.json").read_text())
-    assert report["engine"] == "context" and report["coordinate_system"] == "LPS"
+    assert report["engine"] == "spine" and report["coordinate_system"] == "LPS"
     (l3,) = report["vertebrae"]
     assert l3["level"] == "L3" and l3["label"] == 29 and l3["verse_label"] == 22
     assert l3["grade"] in (0, 1, 2, 3) and 0 < l3["confidence"] <= 1
@@ -139,10 +139,15 @@ def test_bad_input_gives_a_clear_error_and_exit_2(tmp_path, capsys, case):
 
 def test_vertebra_cut_by_the_field_of_view_is_reported_not_graded(tmp_path):
     assert run("grade", "--seg", TPT_SEG, "--vertebra", "L2", "L3", "--out", tmp_path, "--progress", "none",
-               "--no-figures") == 0
+               "--no-figures", "--engine", "context") == 0
     rows = list(csv.DictReader((tmp_path / "report.csv").open()))
     assert [(r["level"], r["status"], r["grade"]) for r in rows] == [("L2", "incomplete", ""), ("L3", "no_context", "")]
     assert "field of view" in rows[0]["reason"]
+    # the default (spine) engine grades L3 from the level prior alone and says so in the reason column
+    assert run("grade", "--seg", TPT_SEG, "--vertebra", "L3", "--out", tmp_path / "spine", "--progress", "none",
+               "--no-figures") == 0
+    (row,) = csv.DictReader((tmp_path / "spine" / "report.csv").open())
+    assert row["status"] == "graded" and "level prior only" in row["reason"]
 
 
 def _batch_folder(tmp_path):

@@ -14,7 +14,9 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC
 
 from HealthiVertLib.errors import HealthiVertError
-from HealthiVertLib.measure.grading import GRADER_FEATURES, SVMGrader, genant_rule, load_default_grader
+from HealthiVertLib.measure.graders import load_default_grader, load_grader
+from HealthiVertLib.measure.thresholds import ThresholdGrader
+from HealthiVertLib.measure.grading import GRADER_FEATURES, SVMGrader, genant_rule
 from HealthiVertLib.io.grades import read_grade_file, read_grade_splits
 from HealthiVertLib.training.grader import train_from_tables
 
@@ -122,13 +124,17 @@ def test_missing_grader_file(tmp_path: Path) -> None:
 def test_unfitted_and_bad_input() -> None:
     with pytest.raises(HealthiVertError, match="not fitted"):
         SVMGrader().predict([[0.0, 0.0, 0.0]])
-    grader = load_default_grader()
+    rng = np.random.default_rng(0)
+    grader = SVMGrader(C=1.0, features=GRADER_FEATURES).fit(
+        np.vstack([rng.uniform(lo, lo + 0.05, (8, 4)) for lo in (0.0, 0.2, 0.3, 0.45)]), np.repeat([0, 1, 2, 3], 8))
     with pytest.raises(HealthiVertError, match="shape"):
         grader.predict([[0.0, 0.0]])
     with pytest.raises(HealthiVertError, match="missing"):
         grader.predict([[0.0, np.nan, 0.0, 0.0]])
     with pytest.raises(HealthiVertError, match="middle"):
         grader.grade({"anterior": 0.1, "posterior": 0.0})
+    with pytest.raises(HealthiVertError, match="point height loss"):
+        load_default_grader().grade({"point_loss_anterior": 0.1, "point_loss_posterior": 0.0})
     with pytest.raises(HealthiVertError, match="one grade"):
         SVMGrader().fit(np.zeros((20, 3)), np.zeros(20, dtype=int))
 
@@ -154,18 +160,44 @@ def test_genant_rule_confidence() -> None:
 
 def test_default_grader() -> None:
     grader = load_default_grader()
-    assert grader.features == list(GRADER_FEATURES) and list(grader.classes_) == [0, 1, 2, 3]
-    # fitted on simulated fractures (scripts/fit_default_grader.py), and it says so
-    assert "simulated" in grader.training["data"]["description"]
-    assert "not real graded CTs" in grader.training["data"]["description"]
-    assert "command" in grader.training
-    normal = grader.grade({"anterior": 0.02, "middle": 0.01, "posterior": 0.0})
-    severe = grader.grade({"rhlv_anterior": 0.55, "rhlv_middle": 0.3, "rhlv_posterior": 0.05})
-    assert normal[0] == 0 and normal[1] > 0.9
-    assert severe[0] == 3 and severe[1] > 0.8
-    assert abs(sum(severe[2]) - 1.0) < 1e-9
-    # rhlv_max is derived from the thirds: a 45 % middle-third loss (biconcave) is a fracture too
-    assert grader.grade({"anterior": 0.05, "middle": 0.45, "posterior": 0.05})[0] >= 2
+    assert isinstance(grader, ThresholdGrader) and grader.features == ["point_loss_max"]
+    # fitted on radiologists' grades of real vertebrae (scripts/fit_default_grader.py), and it says so
+    assert "VerSe19" in grader.training["data"]["description"] and "radiologists" in grader.training["data"]["description"]
+    assert grader.training["n_samples"] == 30 and "command" in grader.training
+    t1, t2, t3 = grader.thresholds
+    assert 0.05 < t1 < 0.20 and (t2, t3) == (0.25, 0.40)  # only the grade-1 threshold was fitted
+    points = lambda a, m, p: {"point_loss_anterior": a, "point_loss_middle": m, "point_loss_posterior": p}  # noqa: E731
+    normal = grader.grade(points(0.02, 0.01, 0.0))
+    severe = grader.grade(points(0.55, 0.3, 0.05))
+    assert normal[0] == 0 and severe[0] == 3 and 0.5 < severe[1] <= 1
+    assert abs(sum(severe[2]) - 1.0) < 1e-9 and abs(sum(normal[2]) - 1.0) < 1e-9
+    assert grader.grade(points(0.05, 0.30, 0.05))[0] == 2  # the largest loss decides (biconcave)
+    assert grader.grade(points(0.0, t1 + 0.005, 0.0))[0] == 1 and grader.grade(points(0.0, t1 - 0.005, 0.0))[0] == 0
+
+
+def test_threshold_grader_fits_only_what_the_data_can_support(tmp_path: Path) -> None:
+    scores = [0.01, 0.03, 0.05, 0.08, 0.12, 0.14, 0.16, 0.30, 0.33]
+    truth = [0, 0, 0, 0, 1, 1, 1, 2, 2]
+    g = ThresholdGrader("point_loss_max", fit_grades=(1, 2, 3)).fit(scores, truth)
+    assert 0.08 < g.thresholds[0] < 0.12  # between the last grade 0 and the first grade 1
+    assert 0.16 < g.thresholds[1] < 0.30 and g.thresholds[2] == 0.40  # no grade 3: Genant's 40 % stays
+    assert g.training["thresholds_fitted"] == {"1": True, "2": True, "3": False}
+    assert [g.grade({"point_loss_max": s})[0] for s in scores] == truth
+    assert g.grade({"point_loss_max": 0.9})[0] == 3  # monotone: a larger loss never gets a lower grade
+    g.save(tmp_path / "t.json")
+    again = load_grader(tmp_path / "t.json")
+    assert isinstance(again, ThresholdGrader) and again.thresholds == pytest.approx(g.thresholds, abs=1e-6)
+    for broken in ({"format": "healthivert-threshold-grader", "version": 1, "features": ["point_loss_max"],
+                    "thresholds": [0.3, 0.2, 0.4]},
+                   {"format": "healthivert-threshold-grader", "version": 1, "features": ["x"],
+                    "thresholds": [0.1, 0.2, 0.4]},
+                   {"format": "something else"}):
+        (tmp_path / "bad.json").write_text(json.dumps(broken))
+        with pytest.raises(HealthiVertError, match="grader"):
+            load_grader(tmp_path / "bad.json")
+    (tmp_path / "nan.json").write_text('{"format": "healthivert-threshold-grader", "thresholds": [NaN, 0.25, 0.4]}')
+    with pytest.raises(HealthiVertError):
+        load_grader(tmp_path / "nan.json")
 
 
 def test_read_real_grade_file() -> None:

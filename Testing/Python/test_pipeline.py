@@ -43,9 +43,13 @@ def test_sample_case_grades_lumbar_and_flags_cut_vertebrae(sample_result):
         assert v[level].status == GRADED
         assert 0 <= v[level].grade <= 3 and 0 < v[level].confidence <= 1
         assert abs(sum(v[level].probabilities) - 1) < 1e-6
-    for level in ("L2", "L3", "L4"):  # healthy lumbar vertebrae
+    for level in ("L1", "L2", "L3", "L5"):  # healthy lumbar vertebrae
         assert v[level].grade == 0
-        assert max(v[level].rhlv[r] for r in ("anterior", "middle", "posterior")) < 0.12
+        assert max(v[level].point_loss.values()) < 0.10
+    # L4's middle height is 24 mm against 30 mm in front and 27 mm behind: a mild biconcave shape that
+    # TotalSegmentator's own spine report measures too (height difference 0.21); VerSe19 radiologists
+    # graded such shapes 1 (benchmarks/data/verse19, sub-verse005), and so does the default grader
+    assert max(v["L4"].point_loss, key=v["L4"].point_loss.get) == "middle" and v["L4"].grade == 1
 
 
 def test_heights_agree_with_totalsegmentator_spine_report(sample_result):
@@ -141,12 +145,12 @@ def test_expected_height_follows_the_level_trend_within_bounds():
 
 def test_shorter_cranial_vertebrae_are_context_but_a_crush_is_not(tmp_path):
     phantom = make_phantom("T8-L2", spacing=2.0, seed=0)  # body heights grow caudally, all healthy
-    healthy = grade_case(_case_from(phantom.seg, tmp_path), volumes=False)
+    healthy = grade_case(_case_from(phantom.seg, tmp_path), engine="context", volumes=False)
     for v in healthy.vertebrae:
         assert not [c for c in v.context if "rejected" in c], v.level
         assert v.grade == 0 and max(v.rhlv.values()) < 0.1, v.level
     crushed = simulate_fracture(phantom.seg, vertebra="T10", kind="crush", loss=0.4, labels="verse").seg
-    v = _by_level(grade_case(_case_from(crushed, tmp_path, "crushed"), ["T11"], volumes=False))["T11"]
+    v = _by_level(grade_case(_case_from(crushed, tmp_path, "crushed"), ["T11"], engine="context", volumes=False))["T11"]
     rejected = {c["level"]: c["rejected"] for c in v.context if "rejected" in c}
     assert "crush" in rejected["T10"] and "T10" not in [c["level"] for c in v.context if "weight" in c]
     assert v.grade == 0 and v.rhlv["overall"] < 0.1
@@ -157,20 +161,24 @@ def test_vertebra_without_neighbours_is_reported_not_graded(sample_seg, tmp_path
     arr[(arr != 29)] = 0
     only_l3 = sitk.GetImageFromArray(arr)
     only_l3.CopyInformation(sample_seg)
-    v = _by_level(grade_case(_case_from(only_l3, tmp_path, labels="totalseg"), volumes=False))["L3"]
+    case = _case_from(only_l3, tmp_path, labels="totalseg")
+    v = _by_level(grade_case(case, engine="context", volumes=False))["L3"]
     assert v.status == NO_CONTEXT and v.grade is None and "neighbour" in v.reason
+    # the spine engine falls back to the level prior and says so where the report shows the reason
+    v = _by_level(grade_case(case, engine="spine", volumes=False))["L3"]
+    assert v.status == GRADED and "no other measurable vertebra" in v.reason
 
 
 def test_cut_neighbours_leave_no_context_tptbox():
-    result = grade_case(load_case(TPT_SEG), volumes=False)
+    result = grade_case(load_case(TPT_SEG), engine="context", volumes=False)
     v = _by_level(result)
     assert v["L2"].status == INCOMPLETE and v["L4"].status == INCOMPLETE
     assert v["L3"].status == NO_CONTEXT and "cut by the field of view" in v["L3"].reason
 
 
 def test_subregion_body_labels_are_used(tmp_path):
-    geometric = _by_level(grade_case(load_case(TPT_SEG), volumes=False))
-    with_sub = _by_level(grade_case(load_case(TPT_SEG, subregions_path=TPT_SUB), volumes=False))
+    geometric = _by_level(grade_case(load_case(TPT_SEG), engine="context", volumes=False))
+    with_sub = _by_level(grade_case(load_case(TPT_SEG, subregions_path=TPT_SUB), engine="context", volumes=False))
     assert geometric["L3"].status == with_sub["L3"].status == NO_CONTEXT  # same decisions either way
 
 
@@ -187,7 +195,7 @@ def _renumbered(seg: sitk.Image, ts_to_verse: dict[int, int]) -> sitk.Image:
 def test_t13_sits_between_t12_and_l1(sample_seg, tmp_path):
     """A spine numbered T11, T12, T13, L1..L4 (VerSe 18, 19, 28, 20..23)."""
     img = _renumbered(sample_seg, {33: 18, 32: 19, 31: 28, 30: 20, 29: 21, 28: 22, 27: 23})
-    v = _by_level(grade_case(_case_from(img, tmp_path, labels="verse"), volumes=False))
+    v = _by_level(grade_case(_case_from(img, tmp_path, labels="verse"), engine="context", volumes=False))
     assert list(v) == ["T11", "T12", "T13", "L1", "L2", "L3", "L4"]
     used = [c["level"] for c in v["L1"].context if "weight" in c]
     assert used == ["T13", "L2"] and v["L1"].status == GRADED
@@ -196,7 +204,7 @@ def test_t13_sits_between_t12_and_l1(sample_seg, tmp_path):
 def test_l6_is_graded_from_the_vertebrae_above(sample_seg, tmp_path):
     """A spine numbered T12, L1..L6 (VerSe 19..25): L6 is the last lumbar, S1 is no context."""
     img = _renumbered(sample_seg, {33: 19, 32: 20, 31: 21, 30: 22, 29: 23, 28: 24, 27: 25})
-    v = _by_level(grade_case(_case_from(img, tmp_path, labels="verse"), ["L6"], volumes=False))["L6"]
+    v = _by_level(grade_case(_case_from(img, tmp_path, labels="verse"), ["L6"], engine="context", volumes=False))["L6"]
     used = [(c["level"], c["weight"]) for c in v.context if "weight" in c]
     assert used == [("L5", 1.0)] and v.status == GRADED and v.grade == 0
 
@@ -214,7 +222,7 @@ def test_missing_level_uses_the_next_vertebra_with_its_distance(sample_seg, tmp_
     arr[arr == 30] = 0  # L2 not segmented
     img = sitk.GetImageFromArray(arr)
     img.CopyInformation(sample_seg)
-    v = _by_level(grade_case(_case_from(img, tmp_path), ["L3"], volumes=False))["L3"]
+    v = _by_level(grade_case(_case_from(img, tmp_path), ["L3"], engine="context", volumes=False))["L3"]
     used = {c["level"]: c for c in v.context if "weight" in c}
     assert set(used) == {"L1", "L4"} and used["L1"]["offset"] == -2.0
     assert used["L4"]["weight"] == pytest.approx(2 / 3, abs=1e-3)

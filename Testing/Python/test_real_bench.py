@@ -76,9 +76,9 @@ def test_loso_never_trains_on_the_test_subject() -> None:
     X, y, subjects = _loso_data()
     seen = []
 
-    def spy(X_train, y_train):
+    def spy(X_train, y_train, features):
         seen.append({tuple(r) for r in X_train})
-        return fit_fold_grader(X_train, y_train)
+        return fit_fold_grader(X_train, y_train, features)
 
     pred, folds = loso_grades(X, y, subjects, [True] * len(y), fit=spy)
     assert [f["held_out"] for f in folds] == ["A", "B", "C"] and len(seen) == 3
@@ -148,7 +148,7 @@ def test_bench_real_end_to_end(small_verse19: Path, tmp_path: Path, capsys) -> N
             for lv in ls:
                 assert f"| {s} | {lv} |" in table
         assert set(raw["metrics"][name]) == set(GRADERS)
-        assert f"| `{name}` | Genant rule |" in md
+        assert f"| `{name}` | Genant rule on RHLV thirds |" in md
     assert raw["setup"]["estimators"] == ["context", "minmax"]
     t12 = next(v for v in raw["vertebrae"] if v["level"] == "T12")
     assert t12["truth"] == 2 and t12["estimates"]["context"]["status"] == "graded"

@@ -87,8 +87,9 @@ def test_requested_loss_is_measured_against_the_pre_fracture_shape(data, kind, t
 def test_context_engine_grades_a_45_percent_crush_severe_and_leaves_neighbours(sample, tmp_path):
     sim = simulate_fracture(sample["seg"], vertebra="L3", kind="crush", loss=0.45, ct=sample["ct"], seed=3)
     write_simulated(sim, tmp_path)
-    before = {v.level: v for v in grade_case(load_case(SAMPLE_SEG), volumes=False).vertebrae}
-    after = {v.level: v for v in grade_case(load_case(tmp_path / "seg.nii.gz", tmp_path / "ct.nii.gz"), volumes=False).vertebrae}
+    before = {v.level: v for v in grade_case(load_case(SAMPLE_SEG), engine="context", volumes=False).vertebrae}
+    after = {v.level: v for v in grade_case(load_case(tmp_path / "seg.nii.gz", tmp_path / "ct.nii.gz"), engine="context",
+                                            volumes=False).vertebrae}
     assert after["L3"].grade == 3 and after["L3"].grade_rule == 3
     assert after["L3"].rhlv["overall"] == pytest.approx(0.45, abs=0.05)
     seg0, seg1 = _array(sample["seg"]), _array(sim.seg)
