@@ -236,6 +236,9 @@ def _add_bench(sub) -> None:
                        "validation).")
     p.add_argument("--real", action="store_true",
                    help="real benchmark: radiologists' Genant grades instead of simulated fractures.")
+    p.add_argument("--stability", action="store_true",
+                   help="with --real: also grade every case after eroding, dilating and locally moving each "
+                   "vertebra's boundary by one voxel, and report how many grades change.")
     p.add_argument("--data", default=None, metavar="DIR",
                    help="with --real: folder with vertebra_data.json and the label maps (and CTs) "
                    f"(default: {REAL_DATA}).")
@@ -256,7 +259,7 @@ def _add_bench(sub) -> None:
 def _bench_command(args: argparse.Namespace) -> str:
     """The command line that reproduces this run (for the report)."""
     if args.real:
-        parts = ["healthivert bench --real"]
+        parts = ["healthivert bench --real"] + (["--stability"] if args.stability else [])
         if args.data is not None and args.data != REAL_DATA:
             parts.append(f"--data {args.data}")
         if args.estimators:
@@ -307,7 +310,7 @@ def _cmd_bench_real(args: argparse.Namespace) -> int:
     progress, close = _bench_progress("bench --real", args.progress, "step")
     try:
         result = run_real(out, Path(args.data or REAL_DATA), estimators=args.estimators,
-                          command=_bench_command(args), progress=progress)
+                          command=_bench_command(args), progress=progress, stability=args.stability)
     finally:
         close()
     print(f"{len(result.vertebrae)} graded vertebrae, {len(result.estimates)} estimators; report written to "
@@ -319,8 +322,8 @@ def _cmd_bench_real(args: argparse.Namespace) -> int:
 def _cmd_bench(args: argparse.Namespace) -> int:
     if args.real:
         return _cmd_bench_real(args)
-    if args.data is not None:
-        raise HealthiVertError("--data is the real benchmark's data folder; use it with --real.")
+    if args.data is not None or args.stability:
+        raise HealthiVertError("--data and --stability belong to the real benchmark; use them with --real.")
     from ..evaluation.records import N_PHANTOMS
     from ..evaluation.bench import run
 

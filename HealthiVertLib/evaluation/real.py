@@ -117,6 +117,7 @@ class RealResult:
     metrics: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)  # estimator -> grader -> m
     notes: list[str] = field(default_factory=list)
     setup: dict[str, Any] = field(default_factory=dict)
+    stability: dict[str, Any] | None = None  # evaluation.stability.grade_flips, with --stability
 
 
 # ------------------------------------------------------------------------------------ data
@@ -538,6 +539,7 @@ def markdown_real(result: RealResult, command: str, seconds: float, data_readme:
         _results_table(result),
         _per_grade_table(result),
         _folds_section(result),
+        _stability_section(result),
         "## Misses",
         _misses(result),
         "## Per vertebra",
@@ -548,7 +550,7 @@ def markdown_real(result: RealResult, command: str, seconds: float, data_readme:
     ]
     if result.notes:
         parts.append("## Notes\n\n" + "\n".join(f"- {n}" for n in result.notes))
-    return "\n\n".join(parts) + "\n"
+    return "\n\n".join(p for p in parts if p) + "\n"
 
 
 def _results_table(result: RealResult) -> str:
@@ -644,12 +646,48 @@ def _vertebra_table(result: RealResult, name: str) -> str:
                                           "point losses a / m / p (%)", "grades"], rows)
 
 
+def stability_of(result: RealResult, data_dir: str | os.PathLike,
+                 progress: Callable[[int, int, str], None] | None = None) -> dict[str, Any]:
+    """Grade flips of the default engine and grader under ``evaluation.stability.PERTURBATIONS``."""
+    from ..io.case import load_case
+    from .stability import grade_flips
+
+    _, cases, _ = load_real_set(data_dir)
+    loaded = {s: load_case(f.seg, f.ct, f.subregions, name=s) for s, f in cases.items()}
+    levels = {s: [v.level for v in result.vertebrae if v.subject == s] for s in loaded}
+    return grade_flips(loaded, levels, progress=progress)
+
+
+def _stability_section(result: RealResult) -> str:
+    from ..engines import DEFAULT_ENGINE
+    from .stability import PERTURBATIONS
+
+    s = result.stability
+    if not s:
+        return ""
+    rows = [[k, str(s["per_perturbation"][k]["n"]), _pct(s["per_perturbation"][k]["share_stable"])]
+            for k in PERTURBATIONS]
+    flips = "\n".join(
+        f"- {f['subject']} {f['level']} ({f['perturbation']}): grade {_g(f['before'])} -> {_g(f['after'])}, largest "
+        f"point loss {_pct(f['loss_before'])} -> {_pct(f['loss_after'])}" for f in s["flips"]) or "none"
+    return "\n\n".join([
+        "## Stability under mask perturbation",
+        f"The default engine (`{DEFAULT_ENGINE}`, shipped prior) and the default grader, on every graded vertebra, "
+        "before and after each perturbation of the label map (`HealthiVertLib/evaluation/stability.py`: erode or "
+        "dilate every vertebra by one voxel; move about a third of the boundary in smooth patches, two seeds). "
+        f"**{_pct(s['share_stable'])} of {s['n']} vertebra gradings keep their grade** (target: at least 95 %).",
+        _table(["perturbation", "vertebrae", "grade unchanged"], rows),
+        "Grade changes:\n\n" + flips,
+    ])
+
+
 def raw_json_real(result: RealResult) -> str:
     """Setup, notes, LOSO folds, metrics and every vertebra with every estimator's estimate and grades."""
     rows = [{**asdict(v), "estimates": {n: asdict(est[i]) for n, est in result.estimates.items()}}
             for i, v in enumerate(result.vertebrae)]
     return json.dumps(jsonable({"setup": result.setup, "notes": result.notes, "folds": result.folds,
-                                "metrics": result.metrics, "vertebrae": rows}), indent=1) + "\n"
+                                "metrics": result.metrics, "stability": result.stability, "vertebrae": rows}),
+                      indent=1) + "\n"
 
 
 def run_real(
@@ -658,12 +696,17 @@ def run_real(
     estimators: Sequence[str] | None = None,
     command: str = "healthivert bench --real",
     progress: Callable[[int, int, str], None] | None = None,
+    stability: bool = False,
 ) -> RealResult:
-    """Collect, grade, score and write ``markdown_path`` and its raw JSON (same name, ``.json``)."""
+    """Collect, grade, score and write ``markdown_path`` and its raw JSON (same name, ``.json``).
+
+    ``stability``: also grade every case under the mask perturbations of ``evaluation.stability``."""
     t0 = time.perf_counter()
     result = collect_real(data_dir, estimators=estimators, progress=progress)
     grade_real(result)
     score_real(result)
+    if stability:
+        result.stability = stability_of(result, data_dir, progress)
     markdown_path = Path(markdown_path)
     readme = Path(data_dir) / "README.md"
     link = (os.path.relpath(readme.resolve(), markdown_path.resolve().parent).replace(os.sep, "/")

@@ -146,12 +146,13 @@ def _grade_one(
     _fill_measurement(res, m, body, neighbours)
     _add(timing, "heights", time.perf_counter() - t)
     t = time.perf_counter()
+    points = [v for v in (m.point_loss or {}).values() if v is not None and np.isfinite(v)]
     try:
         res.grade, res.confidence, res.probabilities = grader.grade(grading_inputs(m.rhlv, m.point_loss))
+        res.grade_rule = genant_rule(m.point_loss if len(points) == 3 else m.rhlv)[0]
     except HealthiVertError as err:
+        res.grade = res.confidence = res.probabilities = res.grade_rule = None
         res.status, res.reason = FAILED, f"measured, but cannot be graded: {err}"
-    points = [v for v in (m.point_loss or {}).values() if v is not None and np.isfinite(v)]
-    res.grade_rule = genant_rule(m.point_loss if len(points) == 3 else m.rhlv)[0]  # RULE_MEASURE
     _add(timing, "grading", time.perf_counter() - t)
     t = time.perf_counter()
     res.views = vertebra_views(body, prediction.occupancy, m, case, ct_ijk)

@@ -13,6 +13,7 @@ from sklearn.metrics import cohen_kappa_score
 
 from HealthiVertLib.app.cli import main
 from HealthiVertLib.evaluation.real import GRADERS, fit_fold_grader, loso_grades, real_metrics
+from HealthiVertLib.evaluation.stability import perturb_labels
 
 VERSE19 = Path(__file__).resolve().parents[2] / "benchmarks" / "data" / "verse19"
 
@@ -111,8 +112,7 @@ def test_loso_fold_without_two_grades_grades_nothing() -> None:
 @pytest.fixture
 def small_verse19(tmp_path: Path) -> Path:
     """sub-verse006 and sub-verse007 of benchmarks/data/verse19 with their grades only."""
-    if not (VERSE19 / "vertebra_data.json").is_file():
-        pytest.skip("benchmarks/data/verse19 is not in this checkout")
+    assert (VERSE19 / "vertebra_data.json").is_file(), "benchmarks/data/verse19 belongs to the repository"
     data = tmp_path / "verse19"
     data.mkdir()
     shutil.copy(VERSE19 / "README.md", data / "README.md")  # the licence and attribution travel with the data
@@ -179,3 +179,29 @@ def test_bench_real_errors(tmp_path: Path, capsys) -> None:
     assert "no case" in err and len(err.strip().splitlines()) == 1
     assert main(["bench", "--real", "--quick", "--data", str(empty)]) == 2
     assert main(["bench", "--data", str(empty)]) == 2
+
+
+def test_mask_perturbations_move_the_boundary_by_one_voxel() -> None:
+    labels = np.zeros((20, 20, 20), np.uint16)
+    labels[5:15, 5:15, 5:10] = 20
+    labels[5:15, 5:15, 10:15] = 21  # two touching vertebrae
+    eroded, dilated = perturb_labels(labels, "erode"), perturb_labels(labels, "dilate")
+    assert (eroded == 20).sum() == 8 * 8 * 3 and (eroded == 21).sum() == 8 * 8 * 3  # one voxel off every face
+    assert (dilated == 20).sum() == 10 * 10 * 5 + 2 * 10 * 5 + 2 * 10 * 5 + 10 * 10  # grows where it meets background
+    noisy = perturb_labels(labels, "boundary_1", seed=0)
+    moved = noisy != labels
+    assert 0 < moved.sum() < 0.6 * (perturb_labels(labels, "dilate") != perturb_labels(labels, "erode")).sum()
+    assert np.array_equal(noisy, perturb_labels(labels, "boundary_1", seed=0))  # seeded
+    with pytest.raises(ValueError):
+        perturb_labels(labels, "shear")
+
+
+def test_bench_real_stability_section(small_verse19: Path, tmp_path: Path) -> None:
+    out = tmp_path / "stable.md"
+    assert main(["bench", "--real", "--stability", "--data", str(small_verse19), "--estimators", "minmax",
+                 "--out", str(out), "--progress", "none"]) == 0
+    md = out.read_text()
+    assert "## Stability under mask perturbation" in md and "healthivert bench --real --stability" in md
+    stability = json.loads(out.with_suffix(".json").read_text())["stability"]
+    assert stability["n"] == 4 * 9 and 0 <= stability["share_stable"] <= 1  # 9 graded vertebrae x 4 perturbations
+    assert main(["bench", "--stability", "--progress", "none"]) == 2  # only with --real
