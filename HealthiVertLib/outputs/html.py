@@ -16,6 +16,7 @@ from ..pipeline.records import GRADED, CaseResult, VertebraResult
 from .figures import COUNTERFACTUAL_FIGURE, FIGURE_KINDS, GRADE_COLOURS
 from .tables import NOTICE, finite, fmt_float, fmt_pct, get_path
 from .volumes import VOLUME_FILES
+from ..measure.points import POINTS
 
 
 GRADE_TEXT_COLOURS = {0: "#ffffff", 1: "#222222", 2: "#222222", 3: "#ffffff"}
@@ -85,10 +86,15 @@ def _measure_html(v: VertebraResult) -> str:
         h_o, h_h = get_path(v.heights_mm, "original", r), get_path(v.heights_mm, "pseudo_healthy", r)
         rows.append([_e(r), _e(fmt_float(h_o, 1) or "—"), _e(fmt_float(h_h, 1) or "—"),
                      _e(fmt_pct(get_path(v.rhlv, r)))])
-    table = _table(["Region", "Original height (mm)", "Pseudo-healthy height (mm)", "RHLV"], rows, {1, 2, 3})
+    for point, where in POINTS.items():
+        h_o = get_path(v.point_heights_mm, "original", point)
+        h_h = get_path(v.point_heights_mm, "pseudo_healthy", point)
+        rows.append([_e(f"{point} point ({100 * where:.0f} % of depth)"), _e(fmt_float(h_o, 1) or "—"),
+                     _e(fmt_float(h_h, 1) or "—"), _e(fmt_pct(get_path(v.point_loss, point)))])
+    table = _table(["Region", "Original height (mm)", "Pseudo-healthy height (mm)", "Height loss"], rows, {1, 2, 3})
     extras = []
     if v.grade_rule is not None:
-        extras.append(f"Genant threshold rule (20/25/40 %): grade {_e(v.grade_rule)}")
+        extras.append(f"Genant threshold rule (20/25/40 % on the largest point loss): grade {_e(v.grade_rule)}")
     if finite(v.abnormality_score) is not None:
         extras.append(f"abnormality score: {_e(fmt_float(v.abnormality_score, 1))} / 100 "
                       "(surplus volume of the pseudo-healthy body, % of its volume)")
@@ -96,9 +102,14 @@ def _measure_html(v: VertebraResult) -> str:
         val = finite(get_path(v.ratios, key))
         if val is not None:
             extras.append(f"{_e(name)}: {_e(f'{val:.3f}')}")
-    if v.context:
-        ctx = ", ".join(_e(c.get("level", "?")) for c in v.context if isinstance(c, dict))
-        extras.append(f"context vertebrae: {ctx}")
+    used = [c["level"] for c in v.context if isinstance(c, dict) and "weight" in c]
+    rejected = [c["level"] for c in v.context if isinstance(c, dict) and "rejected" in c]
+    if used:
+        extras.append(f"predicted from: {_e(', '.join(used))}")
+    if rejected:
+        extras.append(f"not used: {_e(', '.join(rejected))}")
+    if v.reason:
+        extras.append(_e(v.reason))
     extra = f'<p class="meta">{" · ".join(extras)}</p>' if extras else ""
     return table + extra
 

@@ -162,13 +162,16 @@ def json_text(result: CaseResult) -> str:
 
 
 def summary_table(result: CaseResult) -> str:
-    """Plain-text table: level, status, grade, confidence, RHLV A/M/P/overall in %, abnormality 0-100."""
-    header = ["Level", "Status", "Grade", "Conf.", "RHLV A", "RHLV M", "RHLV P", "RHLV all", "Abn."]
+    """Plain-text table: level, status, grade, confidence, loss at the anterior/middle/posterior points
+    (what the grade reads), RHLV A/M/P/overall in %, abnormality 0-100."""
+    header = ["Level", "Status", "Grade", "Conf.", "Loss A", "Loss M", "Loss P",
+              "RHLV A", "RHLV M", "RHLV P", "RHLV all", "Abn."]
     rows = [header]
     for v in result.vertebrae:
         conf = finite(v.confidence)
         rows.append(
             [str(v.level), str(v.status), _grade_text(v), "—" if conf is None else f"{conf:.2f}"]
+            + [fmt_pct(get_path(v.point_loss, p)) for p in POINTS]
             + [fmt_pct(get_path(v.rhlv, r)) for r in REGIONS]
             + [fmt_float(v.abnormality_score, 1) or "—"]
         )

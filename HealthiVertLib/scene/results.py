@@ -175,6 +175,9 @@ TABLE_COLUMNS = (
     ("RHLV middle", "float", "%", "Relative height loss of the middle third"),
     ("RHLV posterior", "float", "%", "Relative height loss of the posterior third"),
     ("RHLV overall", "float", "%", "Relative height loss of the whole vertebral body"),
+    ("Loss anterior point", "float", "%", "Height loss at 15 % of the depth (what a radiologist compares)"),
+    ("Loss middle point", "float", "%", "Height loss at 50 % of the depth"),
+    ("Loss posterior point", "float", "%", "Height loss at 85 % of the depth"),
     ("Abnormality score", "float", "", "0-100: surplus volume of the pseudo-healthy body over the actual one"),
     ("Height anterior", "float", "mm", "Measured anterior height"),
     ("Height middle", "float", "mm", "Measured middle height"),
@@ -182,7 +185,7 @@ TABLE_COLUMNS = (
     ("Healthy height anterior", "float", "mm", "Pseudo-healthy (expected) anterior height"),
     ("Healthy height middle", "float", "mm", "Pseudo-healthy (expected) middle height"),
     ("Healthy height posterior", "float", "mm", "Pseudo-healthy (expected) posterior height"),
-    ("Genant rule grade", "int", "", "Grade by the transparent threshold rule (<20 % 0, 20-25 % 1, 25-40 % 2, >=40 % 3)"),
+    ("Genant rule grade", "int", "", "Grade by the transparent threshold rule on the largest point loss (<20 % 0, 20-25 % 1, 25-40 % 2, >=40 % 3)"),
     ("Reason", "str", "", "Why a vertebra was not graded, or what its grade rests on when the engine had to fall back"),
 )
 
@@ -208,6 +211,8 @@ def table_rows(report: Mapping[str, Any]) -> list[dict[str, Any]]:
         }
         for region in REGIONS:
             row[f"RHLV {region}"] = 100.0 * _finite(rhlv.get(region))
+        for point in ("anterior", "middle", "posterior"):
+            row[f"Loss {point} point"] = 100.0 * _finite((v.get("point_loss") or {}).get(point))
         for region in REGIONS[:3]:
             row[f"Height {region}"] = _finite(original.get(region))
             row[f"Healthy height {region}"] = _finite(healthy.get(region))
