@@ -301,7 +301,7 @@ def _bench_progress(desc: str, kind: str, unit: str):
 
 
 def _cmd_bench_real(args: argparse.Namespace) -> int:
-    from ..evaluation.real import run_real
+    from ..evaluation.real_report import run_real
 
     if args.quick or args.phantoms is not None or args.workers != 1:
         raise HealthiVertError("--real runs every graded vertebra in one process; --quick, --phantoms and "
