@@ -247,24 +247,24 @@ def loso_spine_engine(held_out: str, vertebrae: Sequence[RealVertebra], cases: d
 # ------------------------------------------------------------------------------------ grading
 
 
-def points_of(e: RealEstimate) -> dict[str, float] | None:
-    """The anterior/middle/posterior point losses of a graded estimate, or None when not all finite."""
-    if e.status != GRADED or not e.point_loss:
+def _three(e: RealEstimate, losses: dict[str, float] | None) -> dict[str, float] | None:
+    """The anterior/middle/posterior values of ``losses`` when ``e`` is graded and all three are finite."""
+    if e.status != GRADED or not losses:
         return None
-    values = {t: e.point_loss.get(t) for t in THIRDS}
+    values = {t: losses.get(t) for t in THIRDS}
     if any(v is None or not math.isfinite(float(v)) for v in values.values()):
         return None
     return {t: float(v) for t, v in values.items()}
+
+
+def points_of(e: RealEstimate) -> dict[str, float] | None:
+    """The anterior/middle/posterior point losses of a graded estimate, or None when not all finite."""
+    return _three(e, e.point_loss)
 
 
 def thirds_of(e: RealEstimate) -> dict[str, float] | None:
     """The anterior/middle/posterior RHLV of a graded estimate, or None when it has no finite thirds."""
-    if e.status != GRADED or not e.rhlv:
-        return None
-    values = {t: e.rhlv.get(t) for t in THIRDS}
-    if any(v is None or not math.isfinite(float(v)) for v in values.values()):
-        return None
-    return {t: float(v) for t, v in values.items()}
+    return _three(e, e.rhlv)
 
 
 def fit_fold_grader(X: np.ndarray, y: np.ndarray, features: Sequence[str] = GRADER_FEATURES) -> SVMGrader:
