@@ -4,8 +4,10 @@ Every engine takes the target body and its neighbours (each in its own local fra
 and returns a pseudo-healthy occupancy on the target's grid (``base``: the interface). Heights,
 RHLV and grades are then measured the same way for every engine (``measure``), so engines are
 interchangeable. ``neighbours`` gathers the vertebrae around a target and rejects those that are
-cut or look fractured; ``context`` transfers the usable neighbours' height maps (no weights, no
-CT); ``generator`` is the learned HealthiVert-GAN engine (PyTorch, imported only when asked for).
+cut or look fractured; ``spine`` (the default) predicts the target's heights from the whole spine
+with a robust fit and a level prior (``spine_model``); ``context`` transfers the usable neighbours'
+height maps (no weights, no CT); ``generator`` is the learned HealthiVert-GAN engine (PyTorch,
+imported only when asked for).
 This module is the registry: :func:`get_engine` by name.
 """
 
@@ -27,17 +29,17 @@ def _generator_engine(**options: Any) -> PseudoHealthyEngine:
     except ImportError as err:
         raise HealthiVertError(
             f"The generator engine needs PyTorch and safetensors ({err}); install them with "
-            "'pip install torch safetensors', or use --engine context."
+            "'pip install torch safetensors', or use --engine spine (the default) or context."
         ) from None
     return GeneratorEngine(**options)
 
 
 # The default: best on the real benchmark (radiologists' grades, benchmarks/real.md).
 DEFAULT_ENGINE = "spine"
-ENGINES: dict[str, Callable[..., PseudoHealthyEngine]] = {
+ENGINES: dict[str, Callable[..., PseudoHealthyEngine]] = {  # in the order a user interface lists them
+    "spine": SpineEngine,
     "context": ContextEngine,
     "generator": _generator_engine,
-    "spine": SpineEngine,
 }
 
 
