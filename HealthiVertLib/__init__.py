@@ -7,4 +7,5 @@ except the ``scene`` package. Research use only, not for diagnosis.
 from .errors import HealthiVertError
 
 __version__ = "0.1.0"
-__all__ = ["HealthiVertError", "__version__"]
+NOTICE = "HealthiVert is for research use only; it is not a medical device and not for diagnosis."
+__all__ = ["NOTICE", "HealthiVertError", "__version__"]
