@@ -94,7 +94,7 @@ def test_scene_module_logic_grades_the_vertebra_under_a_point(module):
     segmentation = segmentation_from_file(env, SAMPLE_SEG, names={})
     point = _point_on(env, sitk.ReadImage(str(SAMPLE_SEG)), 31)  # L1 in TotalSegmentator numbering
     logic = module.HealthiVertLogic()
-    assert logic.availableEngines()[0] == "context"
+    assert logic.availableEngines()[0] == "spine"  # the default first
     assert logic.pythonExecutable() == sys.executable
     progress, log = [], []
     results = logic.process(ct, segmentation, None, module.TargetMode.POINT, point, waitForCompletion=True,
@@ -152,7 +152,8 @@ def test_scene_module_logic_refuses_bad_requests(module):
 def test_scene_module_dependencies_and_weights_folder(module, tmp_path, monkeypatch):
     logic = module.HealthiVertLogic()
     monkeypatch.setattr(module.HealthiVertLogic, "figuresAvailable", staticmethod(lambda: True))
-    assert logic.ensureDependencies("context", askUser=False) is True  # nothing to install for the context engine
+    assert logic.ensureDependencies("spine", askUser=False) is True  # nothing to install for the spine engine
+    assert logic.ensureDependencies("context", askUser=False) is True
     monkeypatch.setattr(module.os.path, "expanduser", lambda p: str(tmp_path / "home") if p == "~" else p)
     folder = Path(logic.weightsCacheDirectory())
     assert folder == tmp_path / "home" / ".healthivert" / "weights"
