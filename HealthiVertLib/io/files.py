@@ -2,7 +2,8 @@
 
 :func:`atomic_output` yields a temporary path beside the target and renames it into place on
 success; ``write_text_atomic``, ``write_bytes_atomic`` and ``write_image_atomic`` use it. Every
-file HealthiVert writes goes through here.
+file HealthiVert writes goes through here. :func:`check_output_dir`, :func:`check_output_file` and
+:func:`check_outputs_apart` check an output location before any computing (every command uses them).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Iterator
 
 import SimpleITK as sitk
 
+from ..errors import HealthiVertError
 
 
 @contextlib.contextmanager
@@ -55,3 +57,66 @@ def write_image_atomic(image: sitk.Image, path: str | os.PathLike) -> None:
     """Write ``image`` to ``path`` (format from the suffix, compressed) atomically."""
     with atomic_output(path) as tmp:
         sitk.WriteImage(image, str(tmp), useCompression=True)
+
+
+# --- output locations, checked before any computing -----------------------------------------
+
+_NAME_MAX = 255  # bytes in one path component on Linux, macOS and Windows file systems
+
+
+def _check_name_lengths(path: Path, flag: str) -> None:
+    for part in path.parts:
+        size = len(os.fsencode(part))
+        if size > _NAME_MAX:
+            raise HealthiVertError(
+                f"{flag} '{path}': the name '{part[:40]}...' is {size} bytes long; file systems allow at most "
+                f"{_NAME_MAX}. Choose a shorter name."
+            )
+
+
+def check_output_dir(path: str | os.PathLike, flag: str = "--out") -> Path:
+    """``path`` as a folder HealthiVert can write into, or a HealthiVertError saying why not.
+
+    Checked before any computing, so a long run never ends in a lost result: the path must not
+    be a file or lie under one, no part of it may be longer than 255 bytes, and the folder (or the
+    nearest existing folder above it, where it will be created) must be writable. Nothing is created.
+    """
+    path = Path(path)
+    _check_name_lengths(path, flag)
+    _check_folder(path, path, flag)
+    return path
+
+
+def _check_folder(folder: Path, shown: Path, flag: str) -> None:
+    """``folder`` is (or can be created as) a writable folder; errors name ``shown``, the path given."""
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if existing.exists() and not existing.is_dir():
+        where = "is a file" if existing == shown else f"lies under the file '{existing}'"
+        raise HealthiVertError(f"{flag} '{shown}' {where}, not a folder. Choose another {flag} path.")
+    if not os.access(existing if existing.exists() else Path.cwd(), os.W_OK | os.X_OK):
+        raise HealthiVertError(
+            f"{flag} '{shown}' is not writable (no permission to write in '{existing}'). Choose another {flag} path."
+        )
+
+
+def check_output_file(path: str | os.PathLike, flag: str = "--out") -> Path:
+    """``path`` as a file HealthiVert can write (its folder checked by :func:`check_output_dir`)."""
+    path = Path(path)
+    _check_name_lengths(path, flag)
+    if path.is_dir():
+        raise HealthiVertError(f"{flag} '{path}' is a folder; give a file name (e.g. '{path / 'out.json'}').")
+    _check_folder(path.parent, path, flag)
+    return path
+
+
+def check_outputs_apart(out_dir: str | os.PathLike, inputs, flag: str = "--out") -> None:
+    """Refuse an output folder that holds one of the ``inputs`` (paths or None): outputs never overwrite inputs."""
+    out = Path(out_dir).resolve()
+    for item in inputs:
+        if item is not None and Path(item).resolve().parent == out:
+            raise HealthiVertError(
+                f"{flag} '{out_dir}' holds the input file '{item}'; writing the outputs there could overwrite "
+                "an input. Choose another folder for the outputs."
+            )

@@ -1,7 +1,8 @@
 """Reading and checking images: CT and label maps (NIfTI, NRRD, MetaImage) with SimpleITK.
 
 :func:`read_ct` and :func:`read_label_map` read one 3D volume and refuse, with a message that says
-what to do, a missing, truncated or unreadable file, non-finite values, or a label map with
+what to do, a missing, truncated or unreadable file (or one that is not a regular file, such as a
+named pipe, which is refused before it is opened), non-finite values, or a label map with
 negative or fractional values or no label at all; :func:`check_same_grid` says how two grids
 differ; ``label_centroids`` and ``label_voxel_counts`` summarise a label map.
 """
@@ -47,6 +48,15 @@ def _check_file(path: Path, what: str) -> None:
         raise HealthiVertError(
             f"{what} is a folder, not an image file. Give a {_FORMATS} file; convert a DICOM series "
             "first (e.g. load it in 3D Slicer and save it as .nii.gz)."
+        )
+    if not path.is_file():  # a named pipe, socket or device would block or never end: refused unopened
+        raise HealthiVertError(
+            f"{what} is not a regular file (a named pipe, socket or device). Give a {_FORMATS} file."
+        )
+    if not os.access(path, os.R_OK):
+        raise HealthiVertError(
+            f"{what} cannot be read (permission denied). Check the file's permissions (e.g. chmod a+r) "
+            "or copy it somewhere you can read it."
         )
     if image_extension(path) is None:
         raise HealthiVertError(

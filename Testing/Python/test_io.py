@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import signal
 from pathlib import Path
 
 import numpy as np
@@ -72,6 +73,54 @@ def test_missing_file(tmp_path):
 def test_directory(tmp_path):
     with pytest.raises(HealthiVertError, match="vertebra labels file .* is a folder.*DICOM"):
         read_image(tmp_path, "vertebra labels")
+
+
+def test_named_pipe_is_refused_unopened(tmp_path):
+    fifo = tmp_path / "seg.nii.gz"
+    os.mkfifo(fifo)  # opening it would block forever: no writer
+    old = signal.signal(signal.SIGALRM, lambda *_: pytest.fail("reading a named pipe blocked"))
+    signal.alarm(30)
+    try:
+        with pytest.raises(HealthiVertError, match="vertebra labels file .* is not a regular file"):
+            read_label_map(fifo, "vertebra labels")
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
+
+
+def test_unreadable_file_is_reported_as_permission_denied(tmp_path):
+    path = tmp_path / "ct.nii.gz"
+    shutil.copy(TPTBOX_CT, path)
+    path.chmod(0)
+    try:
+        if os.access(path, os.R_OK):
+            pytest.skip("running as root: chmod 000 does not stop reading")
+        with pytest.raises(HealthiVertError, match=r"CT file .* cannot be read \(permission denied\)") as err:
+            read_ct(path)
+        assert "damaged" not in str(err.value) and "does not exist" not in str(err.value)
+    finally:
+        path.chmod(0o644)
+
+
+def test_output_locations_are_checked(tmp_path):
+    from HealthiVertLib.io.files import check_output_dir, check_output_file, check_outputs_apart
+
+    assert check_output_dir(tmp_path / "new" / "deeper") == tmp_path / "new" / "deeper"
+    assert not (tmp_path / "new").exists(), "checking creates nothing"
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(HealthiVertError, match="--out '.*file' is a file, not a folder"):
+        check_output_dir(tmp_path / "file")
+    with pytest.raises(HealthiVertError, match="--out '.*file.sub' lies under the file '.*file'"):
+        check_output_dir(tmp_path / "file" / "sub")
+    with pytest.raises(HealthiVertError, match="300 bytes long.*at most 255"):
+        check_output_dir(tmp_path / ("a" * 300))
+    with pytest.raises(HealthiVertError, match="is a folder; give a file name"):
+        check_output_file(tmp_path)
+    with pytest.raises(HealthiVertError, match="--out '.*file.g.json' lies under the file"):
+        check_output_file(tmp_path / "file" / "g.json")
+    check_outputs_apart(tmp_path / "out", [tmp_path / "seg.nii.gz", None])
+    with pytest.raises(HealthiVertError, match="holds the input file .*seg.nii.gz.*Choose another folder"):
+        check_outputs_apart(tmp_path, [None, tmp_path / "seg.nii.gz"])
 
 
 def test_unsupported_extension(tmp_path):
