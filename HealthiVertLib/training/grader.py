@@ -51,6 +51,7 @@ def _collect_rows(
     """Features, grades and subjects of the usable rows, and counts of the skipped ones."""
     X, y, subjects = [], [], []
     skipped = Counter({"not_graded_status": 0, "missing_features": 0, "no_grade": 0})
+    seen: set[tuple[str, int]] = set()  # (case, VerSe label) already counted: a vertebra counts once
     for table in tables:
         path = Path(table)
         rows = _read_table(path)
@@ -72,6 +73,11 @@ def _collect_rows(
             if grade is None:
                 skipped["no_grade"] += 1
                 continue
+            if case and label is not None:
+                if (case, label) in seen:  # the same table given twice, or a case in two tables
+                    skipped["duplicate"] += 1
+                    continue
+                seen.add((case, label))
             X.append(values)
             y.append(grade)
             subjects.append(case)
@@ -104,8 +110,9 @@ def train_from_tables(
     """Fit an :class:`SVMGrader` on feature tables (CSV), save it to ``out``; return a summary.
 
     Rows whose ``status`` is not "graded", with empty features, or without a grade are skipped and
-    counted. Grades come from ``grade_file`` (keyed by ``case`` and ``verse_label``) when given,
-    else from the ``grade`` column. Cross-validation groups vertebrae by ``case`` (the subject).
+    counted; so is a repeat of a vertebra (same ``case`` and ``verse_label``) already counted.
+    Grades come from ``grade_file`` (keyed by ``case`` and ``verse_label``) when given, else from
+    the ``grade`` column. Cross-validation groups vertebrae by ``case`` (the subject).
     """
     features = list(features)
     if not tables:

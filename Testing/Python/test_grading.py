@@ -292,3 +292,14 @@ def _empty_table(tmp_path: Path) -> Path:
     path = tmp_path / "empty.csv"
     path.write_text("case,verse_label,grade,rhlv_anterior,rhlv_middle,rhlv_posterior\n")
     return path
+
+
+def test_train_from_tables_counts_a_vertebra_once(tmp_path: Path) -> None:
+    table = tmp_path / "features.csv"
+    grades = _write_table(table)
+    grade_file = tmp_path / "vertebra_data.json"
+    grade_file.write_text(json.dumps(grades))
+    once = train_from_tables([table], grade_file, tmp_path / "once.json")
+    twice = train_from_tables([table, table], grade_file, tmp_path / "twice.json")  # the same table given twice
+    assert twice["n_used"] == once["n_used"] == 72 and twice["n_per_grade"] == once["n_per_grade"]
+    assert twice["skipped"]["duplicate"] == 72 and "duplicate" not in once["skipped"]
