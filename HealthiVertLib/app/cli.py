@@ -6,12 +6,14 @@ train-*), imported only when that subcommand runs, so torch is loaded only by th
 need it. The help, grade and bench print the notice: research use only, not for diagnosis.
 
 Exit status: 0 success, 2 a problem with the input or the request (the message says what to
-do), 1 an unexpected internal error.
+do, in one line: option errors, ``HealthiVertError`` and ``OSError`` such as a full disk), 1 an
+unexpected internal error. Output locations are checked before any computing (``io.files``).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -20,7 +22,7 @@ from typing import Sequence
 from .. import NOTICE, __version__
 from ..errors import HealthiVertError
 from ..engines import DEFAULT_ENGINE, ENGINES
-from .options import make_engine
+from .options import engine_options, make_engine, positive_int
 from ..io.resources import SAMPLE_DIR
 from ..progress import PROGRESS_PREFIX, make_progress
 from .research import add_research_commands
@@ -40,14 +42,46 @@ def main(argv: Sequence[str] | None = None) -> int:
     except HealthiVertError as err:
         print(f"healthivert: error: {err}", file=sys.stderr)
         return 2
+    except OSError as err:  # full disk, read-only file system, permissions, ...: one line, no traceback
+        print(f"healthivert: error: {_os_error_text(err)}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("healthivert: interrupted", file=sys.stderr)
         return 130
 
 
+def _os_error_text(err: OSError) -> str:
+    """One line naming the file and the reason of an OSError (``'out/report.json': No space left on device``)."""
+    reason = err.strerror or str(err) or type(err).__name__
+    names = [f"'{os.fsdecode(name)}'" for name in (err.filename, err.filename2) if name is not None]
+    where = " -> ".join(names)
+    return (f"{where}: {reason}" if where else reason) + ". Free space, fix the permissions or choose another path."
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line, ``healthivert: error: ...``, exit status 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"healthivert: error: {message} (see '{self.prog} --help').\n")
+
+
+def unique_levels(levels: Sequence[str] | None) -> list[str] | None:
+    """``levels`` without repeats after normalising the spelling (``L1 L1 l1`` -> ``L1``), order kept."""
+    if levels is None:
+        return None
+    seen: set[str] = set()
+    unique = []
+    for level in levels:
+        key = str(level).strip().upper()
+        if key not in seen:
+            seen.add(key)
+            unique.append(level)
+    return unique
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every sub-command and option documented."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="healthivert",
         description="Grade osteoporotic vertebral compression fractures on CT from a pseudo-healthy "
         "vertebra: Relative Height Loss (RHLV) per third, axial height-loss maps, Genant grade 0-3. "
@@ -76,7 +110,7 @@ def _add_case_options(p: argparse.ArgumentParser) -> None:
                    help="generator weights: a .safetensors file from 'healthivert train-generator' (with its .json "
                    "model card beside it) or the HealthiVert-GAN authors' latest_net_G.pth. Default: the bundled "
                    "weights (HealthiVertLib/data/weights/generator_default.json says how they were trained).")
-    p.add_argument("--device", default="auto", metavar="DEVICE",
+    p.add_argument("--device", default=None, metavar="DEVICE",
                    help="where the generator runs: cpu, cuda, cuda:1 or auto (CUDA when available). Default: auto.")
     p.add_argument("--labels", default=None, metavar="NUMBERING",
                    help="label numbering of the vertebra label map: 'verse' (VerSe, TotalSegmentator "
@@ -139,7 +173,7 @@ def _add_batch(sub) -> None:
                    "or a folder: one sub-folder per case, or files named <case>_seg.nii.gz / <case>_msk.nii.gz "
                    "with optional <case>_ct.nii.gz or <case>.nii.gz.")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder.")
-    p.add_argument("--workers", type=int, default=1, metavar="N", help="worker processes (default 1).")
+    p.add_argument("--workers", type=positive_int, default=1, metavar="N", help="worker processes (default 1).")
     p.add_argument("--vertebra", nargs="+", metavar="LEVEL", default=None,
                    help="levels to grade in every case (default: all thoracic and lumbar).")
     _add_case_options(p)
@@ -147,12 +181,16 @@ def _add_batch(sub) -> None:
 
 
 def _grade_and_write(seg, ct, subregions, vertebrae, out, args, name=None) -> int:
+    from ..io.files import check_output_dir, check_outputs_apart
     from ..measure.graders import load_grader
     from ..io.case import load_case
     from ..pipeline.case import grade_case
     from ..outputs.tables import summary_table
     from ..outputs.report import write_outputs
 
+    check_output_dir(out)  # before any computing: a long run never ends in an unwritable folder
+    check_outputs_apart(out, [seg, ct, subregions])
+    engine_options(args)  # --weights/--device with an engine that ignores them
     t0 = time.perf_counter()
     progress, close = make_progress(args.progress)
     progress(0.0, "reading inputs")
@@ -178,7 +216,7 @@ def _grade_and_write(seg, ct, subregions, vertebrae, out, args, name=None) -> in
 
 
 def _cmd_grade(args: argparse.Namespace) -> int:
-    return _grade_and_write(args.seg, args.ct, args.subregions, None if args.all else args.vertebra,
+    return _grade_and_write(args.seg, args.ct, args.subregions, None if args.all else unique_levels(args.vertebra),
                             args.out, args, name=args.name)
 
 
@@ -190,8 +228,12 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_batch(args: argparse.Namespace) -> int:
+    from ..io.files import check_output_dir
     from .batch import run_batch
 
+    check_output_dir(args.out)
+    engine_options(args)
+    args.vertebra = unique_levels(args.vertebra)
     return run_batch(args)
 
 

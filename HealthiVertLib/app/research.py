@@ -16,6 +16,7 @@ from pathlib import Path
 from .. import NOTICE
 from ..errors import HealthiVertError
 from ..progress import make_progress
+from .options import non_negative_int, positive_float
 
 
 REAL_DATA = "benchmarks/data/verse19"  # bench --real: default data folder (grades + cases)
@@ -33,7 +34,7 @@ def _add_train(sub) -> None:
                    help="grade file in the VerSe/HealthiVert vertebra_data.json format: "
                    "{split: {'<subject>_<VerSe label>': grade}} or a flat {key: grade}.")
     p.add_argument("--out", required=True, metavar="JSON", help="where to write the grader parameters.")
-    p.add_argument("--C", type=float, default=1.0, help="SVM regularisation (default 1.0).")
+    p.add_argument("--C", type=positive_float, default=1.0, help="SVM regularisation, > 0 (default 1.0).")
     p.add_argument("--features", nargs="+", default=None,
                    choices=["rhlv_anterior", "rhlv_middle", "rhlv_posterior", "rhlv_overall", "rhlv_max"],
                    help="features (default: the three thirds and rhlv_max, their largest, as the bundled "
@@ -64,7 +65,7 @@ def _add_simulate(sub) -> None:
     p.add_argument("--fracture", action="append", default=[], metavar="LEVEL:TYPE:LOSS",
                    help="another way to give one fracture, e.g. --fracture L2:wedge:0.3; repeatable, applied "
                    "after the --vertebra ones, in order.")
-    p.add_argument("--seed", type=int, default=0, help="random seed (endplate irregularity, disc noise); the k-th "
+    p.add_argument("--seed", type=non_negative_int, default=0, help="random seed, 0 or more (endplate irregularity, disc noise); the k-th "
                    "fracture uses SEED + k. Default 0.")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder (created; files in it are replaced).")
     p.add_argument("--progress", default="bar", choices=["bar", "lines", "none"], help="progress display.")
@@ -174,7 +175,9 @@ def _cmd_bench_real(args: argparse.Namespace) -> int:
     if args.quick or args.phantoms is not None or args.workers != 1:
         raise HealthiVertError("--real runs every graded vertebra in one process; --quick, --phantoms and "
                                "--workers apply to the simulated benchmark only.")
-    out = Path(args.out or REAL_OUT)
+    from ..io.files import check_output_file
+
+    out = check_output_file(args.out or REAL_OUT)
     progress, close = _bench_progress("bench --real", args.progress, "step")
     try:
         result = run_real(out, Path(args.data or REAL_DATA), estimators=args.estimators,
@@ -194,12 +197,14 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         raise HealthiVertError("--data and --stability belong to the real benchmark; use them with --real.")
     from ..evaluation.records import N_PHANTOMS
     from ..evaluation.bench import run
+    from ..io.files import check_output_file
 
     n = args.phantoms if args.phantoms is not None else (1 if args.quick else N_PHANTOMS)
     if n < 0 or args.workers < 1:
         raise HealthiVertError("--phantoms must be 0 or more and --workers at least 1.")
     command = _bench_command(args)
     args.out = args.out or "benchmarks/accuracy.md"
+    check_output_file(args.out)
     progress, close = _bench_progress("bench", args.progress, "case")
     result = run(Path(args.out), n_phantoms=n, quick=args.quick, estimators=args.estimators, command=command,
                  progress=progress, workers=args.workers)
@@ -211,8 +216,10 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from ..measure.grading import GRADER_FEATURES
+    from ..io.files import check_output_file
     from ..training.grader import train_from_tables
 
+    check_output_file(args.out)
     summary = train_from_tables(args.tables, args.grades, args.out, C=args.C,
                                 features=tuple(args.features) if args.features else GRADER_FEATURES,
                                 command="healthivert train-grader " + " ".join(sys.argv[2:]))
@@ -256,6 +263,7 @@ def _simulate_phantoms(args: argparse.Namespace) -> int:
     """``simulate --phantom N``: write a phantom dataset with a progress bar."""
     import re
 
+    from ..io.files import check_output_dir
     from ..truth.phantom_dataset import write_dataset
 
     if args.seg is not None or args.ct is not None or args.body is not None or args.vertebra or args.fracture:
@@ -265,6 +273,7 @@ def _simulate_phantoms(args: argparse.Namespace) -> int:
     if not match:
         raise HealthiVertError(f"--fractures-per-case '{args.fractures_per_case}' is not a count or a range such as 0-2.")
     count = (int(match[1]), int(match[2] if match[2] is not None else match[1]))
+    check_output_dir(args.out)
     progress, close = make_progress(args.progress, "phantoms")
     progress(0.0, f"0/{args.phantom}")
     manifest = write_dataset(args.out, args.phantom, seed=args.seed, levels=args.levels, spacing=args.spacing,
@@ -283,6 +292,10 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
         return _simulate_phantoms(args)
     if args.seg is None:
         raise HealthiVertError("simulate needs --seg SEG (the vertebra label map of a healthy case).")
+    from ..io.files import check_output_dir, check_outputs_apart
+
+    check_output_dir(args.out)  # before any computing
+    check_outputs_apart(args.out, [args.seg, args.ct, args.body])
     from ..io.images import read_ct, read_label_map
     from ..truth.simulate import simulate_fracture, write_simulated
 

@@ -5,8 +5,11 @@ from __future__ import annotations
 import csv
 import re
 import gzip
+import errno
 import json
+import os
 import shutil
+import signal
 import subprocess
 import sys
 
@@ -104,6 +107,18 @@ def _nan_ct(tmp_path):
     return path
 
 
+def _fifo(tmp_path):
+    path = tmp_path / "pipe_seg.nii.gz"
+    os.mkfifo(path)  # no writer: opening it would block
+    return path
+
+
+def _folder(tmp_path):
+    path = tmp_path / "ct_folder.nii.gz"
+    path.mkdir()
+    return path
+
+
 def _bad_grader(tmp_path):
     path = tmp_path / "grader.json"
     path.write_text('{"format": "healthivert-svm-grader", "version": 1, "features": ["rhlv_ant')
@@ -118,6 +133,12 @@ BAD_INPUTS = {
     "NaN in CT": (lambda t: ["--seg", TPT_SEG, "--ct", _nan_ct(t)], "NaN|not a number"),
     "corrupt grader": (lambda t: ["--seg", TPT_SEG, "--grader", _bad_grader(t)], "grader"),
     "unknown level": (lambda t: ["--seg", TPT_SEG, "--vertebra", "Q7"], "not a vertebra level|unknown"),
+    "seg is a named pipe": (lambda t: ["--seg", _fifo(t)], "not a regular file"),
+    "CT is a folder": (lambda t: ["--seg", TPT_SEG, "--ct", _folder(t)], "is a folder"),
+    "weights with the spine engine": (lambda t: ["--seg", TPT_SEG, "--weights", t / "w.safetensors"],
+                                      "--weights applies to --engine generator only"),
+    "device with the context engine": (lambda t: ["--seg", TPT_SEG, "--engine", "context", "--device", "cpu"],
+                                       "applies to --engine generator only"),
 }
 
 
@@ -128,11 +149,15 @@ def test_bad_input_gives_a_clear_error_and_exit_2(tmp_path, capsys, case):
     if "--vertebra" not in args:
         args += ["--all"]
     out = tmp_path / "out"
-    assert run("grade", *args, "--out", out, "--progress", "none") == 2
+    old = signal.signal(signal.SIGALRM, lambda *_: pytest.fail("blocked on an input"))
+    signal.alarm(60)
+    try:
+        assert run("grade", *args, "--out", out, "--progress", "none") == 2
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
     err = capsys.readouterr().err
-    assert err.startswith("healthivert: error:")
-
-
+    assert err.startswith("healthivert: error:") and "Traceback" not in err, err
     assert re.search(pattern, err, re.IGNORECASE), err
     assert not (out / "report.json").exists()
 
@@ -212,3 +237,137 @@ def test_real_grade_file_is_accepted_by_train_grader_format(tmp_path):
 
     grades = read_grade_file(DATA / "healthivert" / "vertebra_data.json")
     assert grades[("sub-verse004", 16)] == 2
+
+
+def _one_line_error(capsys, *patterns: str) -> str:
+    err = capsys.readouterr().err
+    assert err.startswith("healthivert: error:") and err.count("\n") == 1 and "Traceback" not in err, err
+    for pattern in patterns:
+        assert re.search(pattern, err), (pattern, err)
+    return err
+
+
+def test_repeated_levels_are_graded_once(tmp_path):
+    from HealthiVertLib.app.cli import unique_levels
+
+    assert unique_levels(["L1", "T12", " l1", "L1", "t12"]) == ["L1", "T12"] and unique_levels(None) is None
+    assert run("grade", "--seg", SAMPLE_SEG, "--vertebra", "L1", "L1", "l1", "--out", tmp_path, "--progress", "none",
+               "--no-figures") == 0
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert [v["level"] for v in report["vertebrae"]] == ["L1"]
+
+
+# every command that writes, with a given --out (a folder, or a file for train-grader and bench)
+OUT_COMMANDS = {
+    "grade": (["grade", "--seg", str(TPT_SEG), "--all", "--progress", "none"], "dir"),
+    "demo": (["demo", "--progress", "none"], "dir"),
+    "batch": (["batch", "nothing_here"], "dir"),
+    "simulate": (["simulate", "--seg", str(TPT_SEG), "--fracture", "L2:wedge:0.3", "--progress", "none"], "dir"),
+    "simulate --phantom": (["simulate", "--phantom", "1", "--progress", "none"], "dir"),
+    "train-grader": (["train-grader", "no_table.csv"], "file"),
+    "bench": (["bench", "--quick", "--progress", "none"], "file"),
+}
+
+
+def _out(kind: str, folder):
+    return folder / "out.md" if kind == "file" else folder
+
+
+@pytest.mark.parametrize("command", sorted(OUT_COMMANDS))
+def test_output_location_is_checked_before_any_computing(tmp_path, capsys, command):
+    args, kind = OUT_COMMANDS[command]
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    assert run(*args, "--out", _out(kind, blocker / "sub")) == 2
+    _one_line_error(capsys, "--out '.*a_file.sub.*' lies under the file '.*a_file'")
+    if kind == "dir":
+        assert run(*args, "--out", blocker) == 2
+        _one_line_error(capsys, "--out '.*a_file' is a file, not a folder")
+    long_name = tmp_path / ("x" * 256)
+    assert run(*args, "--out", _out(kind, long_name)) == 2
+    _one_line_error(capsys, "256 bytes long; file systems allow at most 255")
+    assert blocker.read_text() == "not a folder" and list(tmp_path.iterdir()) == [blocker]
+
+
+def test_read_only_output_folder(tmp_path, capsys):
+    ro = tmp_path / "read_only"
+    ro.mkdir()
+    ro.chmod(0o555)
+    try:
+        if os.access(ro, os.W_OK):
+            pytest.skip("running as root: a 0o555 folder is writable")
+        for args, kind in OUT_COMMANDS.values():
+            assert run(*args, "--out", _out(kind, ro / "new")) == 2
+            _one_line_error(capsys, "--out '.*read_only.new.*' is not writable")
+    finally:
+        ro.chmod(0o755)
+
+
+def test_outputs_never_overwrite_inputs(tmp_path, capsys, monkeypatch):
+    r = tmp_path / "r"
+    r.mkdir()
+    seg = r / "pseudo_healthy_body_label.nii.gz"  # the name of an output of grade
+    shutil.copy(TPT_SEG, seg)
+    before = sha256(seg)
+    assert run("grade", "--seg", seg, "--all", "--out", r, "--progress", "none") == 2
+    _one_line_error(capsys, "holds the input file .*pseudo_healthy_body_label.nii.gz", "Choose another folder")
+    assert run("simulate", "--seg", seg, "--fracture", "L2:wedge:0.3", "--out", r, "--progress", "none") == 2
+    _one_line_error(capsys, "holds the input file")
+    assert sha256(seg) == before and sorted(p.name for p in r.iterdir()) == [seg.name]
+    sample = tmp_path / "sample"  # demo reads its inputs from the sample folder: never write into it
+    sample.mkdir()
+    shutil.copy(SAMPLE_SEG, sample / "seg.nii.gz")
+    shutil.copy(SAMPLE_CT, sample / "ct.nii.gz")
+    monkeypatch.setattr("HealthiVertLib.app.cli.SAMPLE_DIR", sample)
+    assert run("demo", "--out", sample, "--progress", "none") == 2
+    _one_line_error(capsys, "holds the input file")
+    assert sorted(p.name for p in sample.iterdir()) == ["ct.nii.gz", "seg.nii.gz"]
+
+
+@pytest.mark.parametrize("code", [errno.ENOSPC, errno.EROFS, errno.EACCES])
+def test_os_errors_are_one_line_naming_the_file(tmp_path, capsys, monkeypatch, code):
+    target = tmp_path / "out" / "report.json"
+
+    def fail(*args, **kwargs):
+        raise OSError(code, os.strerror(code), str(target))
+
+    monkeypatch.setattr("HealthiVertLib.outputs.report.write_outputs", fail)
+    assert run("grade", "--seg", TPT_SEG, "--vertebra", "L2", "--engine", "context", "--out", tmp_path / "out",
+               "--progress", "none", "--no-figures") == 2
+    _one_line_error(capsys, re.escape(f"'{target}': {os.strerror(code)}"))
+
+
+NUMERIC_OPTIONS = {
+    "simulate --seed -1": (["simulate", "--seg", "s.nii.gz", "--fracture", "L2:wedge:0.3", "--seed", "-1"],
+                           "argument --seed: must be 0 or more"),
+    "train-grader --C 0": (["train-grader", "t.csv", "--C", "0"], "argument --C: must be a finite number greater than 0"),
+    "train-grader --C -1": (["train-grader", "t.csv", "--C", "-1"], "argument --C: must be a finite number"),
+    "train-grader --C nan": (["train-grader", "t.csv", "--C", "nan"], "argument --C: must be a finite number"),
+    "train-grader --C inf": (["train-grader", "t.csv", "--C", "inf"], "argument --C: must be a finite number"),
+    "batch --workers 0": (["batch", "cases", "--workers", "0"], "argument --workers: must be 1 or more"),
+    "batch --workers two": (["batch", "cases", "--workers", "two"], "argument --workers: 'two' is not a whole number"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(NUMERIC_OPTIONS))
+def test_numeric_options_are_checked_by_the_parser(tmp_path, capsys, case):
+    args, pattern = NUMERIC_OPTIONS[case]
+    with pytest.raises(SystemExit) as exit_:
+        run(*args, "--out", tmp_path / "out")
+    assert exit_.value.code == 2
+    _one_line_error(capsys, pattern)
+    assert not (tmp_path / "out").exists()
+
+
+def test_unreadable_input_is_permission_denied(tmp_path, capsys):
+    seg = tmp_path / "seg.nii.gz"
+    shutil.copy(TPT_SEG, seg)
+    seg.chmod(0)
+    try:
+        if os.access(seg, os.R_OK):
+            pytest.skip("running as root: chmod 000 does not stop reading")
+        assert run("grade", "--seg", seg, "--all", "--out", tmp_path / "out", "--progress", "none") == 2
+        err = _one_line_error(capsys, r"cannot be read \(permission denied\)")
+        assert "damaged" not in err and "does not exist" not in err
+    finally:
+        seg.chmod(0o644)
