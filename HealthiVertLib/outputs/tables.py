@@ -81,7 +81,7 @@ def fmt_float(x: Any, digits: int = 4) -> str:
 def fmt_pct(x: Any, digits: int = 1) -> str:
     """A fraction as percent text, ``—`` when missing."""
     f = finite(x)
-    return "—" if f is None else f"{100.0 * f:.{digits}f} %"
+    return "—" if f is None else f"{round(100.0 * f, digits) + 0.0:.{digits}f} %"  # + 0.0: never "-0.0 %"
 
 
 def fmt_cell(x: Any) -> str:
