@@ -1,4 +1,8 @@
-"""``healthivert batch``: many cases, worker processes, resumable, one failure never stops the rest."""
+"""``healthivert batch``: many cases, worker processes, resumable, one failure never stops the rest.
+
+A case is done when its folder holds the completion marker ``outputs.report.COMPLETE_MARKER``
+(written last); a case folder without it (interrupted, disk full) is graded again.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +17,7 @@ from pathlib import Path
 from ..errors import HealthiVertError
 from ..io.files import write_text_atomic
 from ..outputs.figures import draw_figures_serially
+from ..outputs.report import is_complete
 from ..io.discover import CaseFiles, discover_cases
 
 
@@ -67,7 +72,7 @@ def run_batch(args: argparse.Namespace) -> int:
     rows: dict[str, dict] = {}
     todo = []
     for case in cases:
-        if (out / case.name / "report.json").is_file():
+        if is_complete(out / case.name):
             rows[case.name] = {"case": case.name, "status": "skipped (done before)", "graded": "", "seconds": "", "error": ""}
         else:
             todo.append(case)
@@ -83,7 +88,7 @@ def run_batch(args: argparse.Namespace) -> int:
     bar.close()
     ordered = [rows[c.name] for c in cases]
     _write_case_table(out / "cases.csv", ordered)
-    _write_vertebra_summary(out / "summary.csv", [out / c.name / "report.csv" for c in cases])
+    _write_vertebra_summary(out / "summary.csv", [out / c.name / "report.csv" for c in cases if is_complete(out / c.name)])
     _print_summary(ordered, out)
     return 0 if all(r["status"] != "failed" for r in ordered) else 3
 

@@ -142,7 +142,8 @@ def _add_grade(sub) -> None:
     target = p.add_mutually_exclusive_group(required=True)
     target.add_argument("--vertebra", nargs="+", metavar="LEVEL", help="levels to grade, e.g. L1 T12.")
     target.add_argument("--all", action="store_true", help="grade every thoracic and lumbar vertebra in SEG.")
-    p.add_argument("--out", required=True, metavar="DIR", help="output folder (created; files in it are replaced).")
+    p.add_argument("--out", required=True, metavar="DIR",
+                   help="output folder (created; an earlier run's outputs in it are replaced, other files kept).")
     p.add_argument("--name", default=None, help="case name in the report (default: from the SEG file name).")
     p.add_argument("--counterfactuals", action="store_true",
                    help="also show each graded vertebra as it would look at Genant grade 0-3 (its pseudo-healthy "
@@ -165,8 +166,8 @@ def _add_demo(sub) -> None:
 def _add_batch(sub) -> None:
     p = sub.add_parser("batch", help="grade many cases (folder or CSV manifest), resumable",
                        description="Grade every case of a folder or CSV manifest into OUT/<case>/, in worker "
-                       "processes. Finished cases (OUT/<case>/report.json exists) are skipped, so an interrupted "
-                       "run resumes; a failing case is marked failed and the others go on. Writes OUT/cases.csv "
+                       "processes. Finished cases (OUT/<case>/healthivert_complete.json exists) are skipped, so an "
+                       "interrupted run resumes; a failing case is marked failed and the others go on. Writes OUT/cases.csv "
                        "(one row per case) and OUT/summary.csv (one row per vertebra).")
     p.add_argument("input", metavar="INPUT",
                    help="a CSV manifest with columns case, seg[, ct][, subregions] (paths relative to the CSV), "

@@ -374,6 +374,18 @@ FIGURE_MAKERS = {
 }
 
 
+FIGURES_DIR = "figures"
+# every name render_figures writes into FIGURES_DIR: <stem>_<kind>.png, the stem from _safe_stem
+FIGURE_NAME = re.compile(
+    r"[A-Za-z0-9_-]+_(?:%s)\.png" % "|".join(re.escape(k) for k in (*FIGURE_KINDS, COUNTERFACTUAL_FIGURE))
+)
+
+
+def is_figure_name(name: str) -> bool:
+    """True for a file name (inside ``figures/``) that :func:`render_figures` writes."""
+    return FIGURE_NAME.fullmatch(name) is not None
+
+
 def _safe_stem(level: str, used: set[str], label: int) -> str:
     stem = re.sub(r"[^A-Za-z0-9_-]+", "_", str(level)).strip("_") or f"label{label}"
     if stem in used:
@@ -389,7 +401,7 @@ def render_figures(result: CaseResult, out_dir: str | Path) -> dict[int, dict[st
     worker processes (Linux); elsewhere, in a daemonic process or after ``draw_figures_serially``
     (``app.batch`` workers), one by one.
     """
-    fig_dir = Path(out_dir) / "figures"
+    fig_dir = Path(out_dir) / FIGURES_DIR
     used: set[str] = set()
     out: dict[int, dict[str, Path]] = {}
     jobs: list[tuple[Path, str, VertebraResult]] = []

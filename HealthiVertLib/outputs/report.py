@@ -1,31 +1,48 @@
 """Outputs of one graded case: report.json, report.csv, volumes, figures and index.html.
 
 :func:`write_outputs` is the one entry point; it writes every file atomically
-(``io.files.atomic_output``) and returns their paths. Research use only, not for diagnosis.
+(``io.files.atomic_output``) and returns their paths. The completion marker
+(``COMPLETE_MARKER``) is written last: a folder without it is not a finished result (interrupted,
+disk full). Before writing, the outputs of an earlier run in the same folder are removed
+(:func:`remove_previous_outputs`), only files HealthiVert writes, never a file of the user.
+Research use only, not for diagnosis.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
+import json
+import re
+from datetime import datetime, timezone
+from pathlib import Path, PurePosixPath
 
-
+from .. import __version__
 from ..io.files import write_text_atomic
 from ..pipeline.records import CaseResult
-from .figures import render_figures
+from .figures import FIGURES_DIR, is_figure_name, render_figures
 from .html import index_html
 from .tables import csv_text, json_text
-from .volumes import write_volumes
+from .volumes import is_volume_name, write_volumes
 
 
+COMPLETE_MARKER = "healthivert_complete.json"
+MARKER_FORMAT = "healthivert-complete"
+TABLE_FILES = ("report.json", "report.csv", "index.html")
+# a temporary file of io.files.atomic_output (mkstemp: ".<stem>-" + 8 characters + suffix), left by a killed run
+_TEMPORARY = re.compile(r"\.(?P<stem>[^.]+)-[a-z0-9_]{8}(?P<suffix>(?:\.[A-Za-z0-9]+)+)")
 
 
 # ----------------------------------------------------------------------------- public entry points
 
 
 def write_outputs(result: CaseResult, out_dir: str | Path, *, figures: bool = True) -> dict[str, Path]:
-    """Write every output of ``result`` into ``out_dir``; return file name (relative path) -> path."""
+    """Write every output of ``result`` into ``out_dir``; return file name (relative path) -> path.
+
+    The outputs of an earlier run in ``out_dir`` are removed first (its marker before anything
+    else), and ``COMPLETE_MARKER`` is written after every other file.
+    """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    remove_previous_outputs(out_dir)
     files: dict[str, Path] = {}
 
     files["report.json"] = out_dir / "report.json"
@@ -41,4 +58,94 @@ def write_outputs(result: CaseResult, out_dir: str | Path, *, figures: bool = Tr
 
     files["index.html"] = out_dir / "index.html"
     write_text_atomic(files["index.html"], index_html(result, files, figs, out_dir))
+    files[COMPLETE_MARKER] = write_complete_marker(out_dir, files)
     return files
+
+
+def write_complete_marker(out_dir: Path, files: dict[str, Path]) -> Path:
+    """Write ``COMPLETE_MARKER`` (version, UTC time, every file written with its size in bytes), atomically."""
+    marker = {
+        "format": MARKER_FORMAT,
+        "healthivert_version": __version__,
+        "finished_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "files": [{"file": name, "bytes": path.stat().st_size} for name, path in files.items()],
+    }
+    path = out_dir / COMPLETE_MARKER
+    write_text_atomic(path, json.dumps(marker, indent=1) + "\n")
+    return path
+
+
+def is_complete(out_dir: str | Path) -> bool:
+    """True when ``out_dir`` holds the completion marker of a finished :func:`write_outputs`."""
+    return (Path(out_dir) / COMPLETE_MARKER).is_file()
+
+
+# ----------------------------------------------------------------------------- an earlier run's outputs
+
+
+def is_output_name(name: str) -> bool:
+    """True for a path relative to the output folder (``report.json``, ``figures/L1_sagittal.png``)
+    that :func:`write_outputs` writes, or a temporary file of one left by a killed run."""
+    parts = PurePosixPath(name).parts
+    if len(parts) == 2 and parts[0] == FIGURES_DIR:
+        return is_figure_name(parts[1]) or _is_temporary(parts[1], is_figure_name)
+    if len(parts) != 1:
+        return False
+    return _is_top_level_output(name) or _is_temporary(name, _is_top_level_output)
+
+
+def _is_top_level_output(name: str) -> bool:
+    return name in TABLE_FILES or name == COMPLETE_MARKER or is_volume_name(name)
+
+
+def _is_temporary(name: str, is_output) -> bool:
+    """A temporary file of ``atomic_output`` for a name ``is_output`` recognises (``.report-ab12cd34.json``)."""
+    match = _TEMPORARY.fullmatch(name)
+    return match is not None and is_output(match["stem"] + match["suffix"])
+
+
+def _marker_names(marker: Path) -> list[str]:
+    """The file names listed in an earlier marker (empty when it is missing or unreadable)."""
+    try:
+        data = json.loads(marker.read_text(encoding="utf-8"))
+        names = [entry["file"] for entry in data["files"]]
+    except (OSError, ValueError, KeyError, TypeError):
+        return []
+    return [n for n in names if isinstance(n, str)]
+
+
+def _inside(out_dir: Path, name: str) -> Path | None:
+    """``out_dir / name`` when ``name`` is a plain relative path in the folder or ``figures/``, else None."""
+    rel = PurePosixPath(name)
+    if rel.is_absolute() or not rel.parts or any(p in ("", ".", "..") for p in rel.parts) or "\\" in name:
+        return None
+    if len(rel.parts) > 2 or (len(rel.parts) == 2 and rel.parts[0] != FIGURES_DIR):
+        return None
+    return out_dir.joinpath(*rel.parts)
+
+
+def remove_previous_outputs(out_dir: str | Path) -> list[Path]:
+    """Remove an earlier run's outputs from ``out_dir``: its marker first, then the files its marker
+    lists and every file named as HealthiVert names its outputs (``is_output_name``). Any other
+    file of the folder is kept; ``figures/`` is removed only when this leaves it empty. Returns the
+    paths removed."""
+    out_dir = Path(out_dir)
+    marker = out_dir / COMPLETE_MARKER
+    listed = _marker_names(marker) if marker.is_file() else []
+    removed: list[Path] = []
+    if marker.is_file() or marker.is_symlink():
+        marker.unlink()  # first: from now on the folder no longer claims to be finished
+        removed.append(marker)
+    candidates = [p for p in (_inside(out_dir, n) for n in listed) if p is not None]
+    if out_dir.is_dir():
+        candidates += [p for p in out_dir.iterdir() if is_output_name(p.name)]
+    fig_dir = out_dir / FIGURES_DIR
+    if fig_dir.is_dir() and not fig_dir.is_symlink():
+        candidates += [p for p in fig_dir.iterdir() if is_output_name(f"{FIGURES_DIR}/{p.name}")]
+    for path in dict.fromkeys(candidates):
+        if path.is_symlink() or path.is_file():
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    if removed and fig_dir.is_dir() and not fig_dir.is_symlink() and not any(fig_dir.iterdir()):
+        fig_dir.rmdir()
+    return removed

@@ -1,16 +1,19 @@
 """Volumes of one graded case on the input grid: height loss, pseudo-healthy and original bodies, CT.
 
 ``VOLUME_FILES`` names each NIfTI file and its pixel type; :func:`write_volumes` writes those a
-result holds (the pseudo-healthy CT only for engines that synthesise one), atomically.
+result holds (the pseudo-healthy CT only for engines that synthesise one) and the counterfactual
+maps, atomically; :func:`is_volume_name` recognises every name it writes.
 """
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
 
 from ..io.files import write_image_atomic
+from ..measure.counterfactuals import COUNTERFACTUAL_FILE
 from ..pipeline.records import CaseResult
 
 
@@ -21,6 +24,13 @@ VOLUME_FILES: dict[str, tuple[str, str]] = {
     "original_body_label.nii.gz": ("original_body_volume", "uint16"),
     "pseudo_healthy_ct.nii.gz": ("healthy_ct_volume", "float32"),
 }
+# counterfactual label maps of grade --counterfactuals, one per grade
+COUNTERFACTUAL_NAME = re.compile(re.escape(COUNTERFACTUAL_FILE).replace(r"\{grade\}", r"\d+"))
+
+
+def is_volume_name(name: str) -> bool:
+    """True for a file name that :func:`write_volumes` writes (a volume or a counterfactual map)."""
+    return name in VOLUME_FILES or COUNTERFACTUAL_NAME.fullmatch(name) is not None
 
 
 # ----------------------------------------------------------------------------- volumes

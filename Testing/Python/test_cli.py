@@ -203,6 +203,28 @@ def test_batch_marks_failures_goes_on_and_resumes(tmp_path, capsys):
     assert cases["alpha"]["status"].startswith("skipped") and cases["gamma"]["status"] == "failed"
 
 
+def test_batch_redoes_a_case_folder_without_the_marker(tmp_path, capsys):
+    from HealthiVertLib.outputs.report import COMPLETE_MARKER
+
+    src, out = tmp_path / "cases", tmp_path / "out"
+    for name in ("alpha", "beta"):
+        (src / name).mkdir(parents=True)
+        shutil.copy(SAMPLE_SEG, src / name / f"{name}_seg.nii.gz")
+    args = ("batch", src, "--out", out, "--vertebra", "L3", "--no-figures", "--progress", "none")
+    assert run(*args) == 0
+    assert (out / "alpha" / COMPLETE_MARKER).is_file() and (out / "beta" / COMPLETE_MARKER).is_file()
+    # alpha was interrupted while writing: a report.json (of another run) but no marker
+    (out / "alpha" / COMPLETE_MARKER).unlink()
+    (out / "alpha" / "report.json").write_text('{"stale": true}')
+    (out / "alpha" / "index.html").unlink()
+    assert run(*args) == 0
+    cases = {r["case"]: r for r in csv.DictReader((out / "cases.csv").open())}
+    assert cases["alpha"]["status"] == "done" and cases["beta"]["status"].startswith("skipped")
+    assert (out / "alpha" / COMPLETE_MARKER).is_file() and (out / "alpha" / "index.html").is_file()
+    assert json.loads((out / "alpha" / "report.json").read_text())["case"] == "alpha"
+    assert {r["case"] for r in csv.DictReader((out / "summary.csv").open())} == {"alpha", "beta"}
+
+
 def test_batch_from_manifest(tmp_path):
     manifest = tmp_path / "cases.csv"
     shutil.copy(TPT_SEG, tmp_path / "tpt_msk.nii.gz")

@@ -11,7 +11,7 @@ import pytest
 import SimpleITK as sitk
 
 from HealthiVertLib.outputs.figures import FIGURE_KINDS, FIGURE_MAKERS, draw_figure, draw_all
-from HealthiVertLib.outputs.report import write_outputs
+from HealthiVertLib.outputs.report import COMPLETE_MARKER, write_outputs
 from HealthiVertLib.outputs.tables import CSV_COLUMNS, summary_table
 from HealthiVertLib.measure.heights import GENANT_POINTS, REGIONS
 from HealthiVertLib.pipeline.records import INCOMPLETE, CaseResult, VertebraResult, VertebraViews
@@ -111,6 +111,7 @@ def written(tmp_path_factory) -> tuple[Path, dict[str, Path], CaseResult]:
 EXPECTED = [
     "report.json", "report.csv", "index.html", "height_loss.nii.gz", "pseudo_healthy_body_label.nii.gz",
     "original_body_label.nii.gz", "figures/L1_sagittal.png", "figures/L1_axial_loss.png", "figures/L1_ap_profile.png",
+    COMPLETE_MARKER,
 ]
 
 
@@ -266,3 +267,105 @@ def test_figures_drawn_in_worker_processes_equal_one_by_one(monkeypatch):
     assert draw_all(jobs) == one_by_one
     monkeypatch.setattr(multiprocessing, "get_all_start_methods", lambda: ["spawn"])  # no fork: sequential
     assert draw_all(jobs) == one_by_one
+
+
+# ----------------------------------------------------------------------------- completion marker, re-runs
+
+
+def _record_writes(monkeypatch) -> list[str]:
+    """Names of the files the atomic writer finishes, in order."""
+    import contextlib
+
+    import HealthiVertLib.io.files as files_mod
+
+    real, order = files_mod.atomic_output, []
+
+    @contextlib.contextmanager
+    def recording(path):
+        with real(path) as tmp:
+            yield tmp
+        order.append(Path(path).name)
+
+    monkeypatch.setattr(files_mod, "atomic_output", recording)
+    return order
+
+
+def test_marker_is_written_last_and_lists_every_file(tmp_path, monkeypatch):
+    from HealthiVertLib import __version__
+
+    order = _record_writes(monkeypatch)
+    files = write_outputs(make_result(case="marker"), tmp_path)
+    assert order[-1] == COMPLETE_MARKER and order.count(COMPLETE_MARKER) == 1
+    assert len(order) == len(files) == len(EXPECTED)
+    marker = json.loads((tmp_path / COMPLETE_MARKER).read_text(encoding="utf-8"))
+    assert marker["healthivert_version"] == __version__ and marker["finished_utc"].endswith("+00:00")
+    listed = {entry["file"]: entry["bytes"] for entry in marker["files"]}
+    assert sorted(listed) == sorted(n for n in EXPECTED if n != COMPLETE_MARKER)
+    for name, size in listed.items():
+        assert (tmp_path / name).stat().st_size == size > 0, name
+
+
+def test_a_write_failing_midway_leaves_no_marker(tmp_path, monkeypatch):
+    import HealthiVertLib.outputs.volumes as volumes
+
+    write_outputs(make_result(case="first"), tmp_path)
+    assert (tmp_path / COMPLETE_MARKER).is_file()
+    real = volumes._write_volume
+
+    def full_disk(img, path, pixel):
+        if path.name == "pseudo_healthy_body_label.nii.gz":
+            raise OSError(28, "No space left on device", str(path))
+        real(img, path, pixel)
+
+    monkeypatch.setattr(volumes, "_write_volume", full_disk)
+    with pytest.raises(OSError):
+        write_outputs(make_result(case="second"), tmp_path)
+    assert not (tmp_path / COMPLETE_MARKER).exists(), "an unfinished folder must not look finished"
+    assert not (tmp_path / "index.html").exists() and not (tmp_path / "figures").exists()
+    assert json.loads((tmp_path / "report.json").read_text(encoding="utf-8"))["case"] == "second"
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")], "temporary files left behind"
+
+
+def _two_vertebrae_with_figures() -> CaseResult:
+    result = make_result(case="two")
+    l2 = make_result().vertebrae[0]
+    l2.level, l2.label, l2.verse_label = "L2", 21, 21
+    result.vertebrae.insert(1, l2)
+    result.counterfactual_volumes = {"counterfactual_grade2_label.nii.gz": result.healthy_label_volume}
+    return result
+
+
+def test_rerun_removes_stale_outputs_and_keeps_the_users_files(tmp_path):
+    first = write_outputs(_two_vertebrae_with_figures(), tmp_path)
+    assert "figures/L2_sagittal.png" in first and "counterfactual_grade2_label.nii.gz" in first
+    (tmp_path / "notes.txt").write_text("my notes", encoding="utf-8")
+    (tmp_path / "figures" / "my_plot.png").write_bytes(b"mine")
+    (tmp_path / "report.json.bak").write_text("mine", encoding="utf-8")
+    (tmp_path / ".index-ab12cd_9.html").write_text("left by a killed run", encoding="utf-8")
+
+    write_outputs(make_result(case="one"), tmp_path)  # L1 only, no counterfactuals
+    listing = sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*") if p.is_file())
+    user = ["figures/my_plot.png", "notes.txt", "report.json.bak"]
+    assert listing == sorted(EXPECTED + user)
+    assert (tmp_path / "notes.txt").read_text(encoding="utf-8") == "my notes"
+    marker = json.loads((tmp_path / COMPLETE_MARKER).read_text(encoding="utf-8"))
+    assert not {e["file"] for e in marker["files"]} & set(user)
+
+    (tmp_path / "figures" / "my_plot.png").unlink()
+    write_outputs(make_result(case="no figures"), tmp_path, figures=False)
+    assert not (tmp_path / "figures").exists(), "an emptied figures/ folder is removed"
+    assert (tmp_path / "notes.txt").is_file() and (tmp_path / "report.json.bak").is_file()
+
+
+def test_rerun_removes_files_listed_in_the_old_marker_only_inside_the_folder(tmp_path):
+    outside = tmp_path / "outside.txt"
+    outside.write_text("keep", encoding="utf-8")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "extra_from_an_older_version.dat").write_text("old output", encoding="utf-8")
+    (out / COMPLETE_MARKER).write_text(json.dumps({"files": [
+        {"file": "extra_from_an_older_version.dat", "bytes": 10}, {"file": "../outside.txt", "bytes": 4},
+        {"file": str(outside), "bytes": 4}, {"file": "figures/../../outside.txt", "bytes": 4}]}), encoding="utf-8")
+    write_outputs(make_result(case="c"), out, figures=False)
+    assert not (out / "extra_from_an_older_version.dat").exists()
+    assert outside.read_text(encoding="utf-8") == "keep"
