@@ -7,14 +7,18 @@ need it. The help, grade and bench print the notice: research use only, not for 
 
 Exit status: 0 success, 2 a problem with the input or the request (the message says what to
 do, in one line: option errors, ``HealthiVertError`` and ``OSError`` such as a full disk), 1 an
-unexpected internal error. Output locations are checked before any computing (``io.files``).
+unexpected internal error, 130 interrupted (Ctrl-C, SIGINT), 143 terminated (SIGTERM): both
+print ``healthivert: interrupted`` and leave no completion marker. Output locations are checked
+before any computing (``io.files``).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Sequence
@@ -37,8 +41,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    restore = _interrupt_on_sigterm()
     try:
         return int(args.func(args) or 0)
+    except _Terminated:
+        print("healthivert: interrupted", file=sys.stderr)
+        return 128 + signal.SIGTERM
     except HealthiVertError as err:
         print(f"healthivert: error: {err}", file=sys.stderr)
         return 2
@@ -47,7 +55,32 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         print("healthivert: interrupted", file=sys.stderr)
-        return 130
+        return 128 + signal.SIGINT
+    finally:
+        restore()
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, raised like Ctrl-C so that every ``finally`` (temporary files) runs and no marker is written."""
+
+
+def _interrupt_on_sigterm():
+    """Make SIGTERM raise ``_Terminated`` in this process while a command runs; return a function restoring the
+    previous handler. Only in the main thread (elsewhere signals cannot be handled); a forked worker that
+    inherits the handler dies of SIGTERM as before."""
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+    pid = os.getpid()
+
+    def on_sigterm(signum, frame):
+        if os.getpid() != pid:  # a forked worker process (figures, batch): the default action
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            os.kill(os.getpid(), signal.SIGTERM)
+            return
+        raise _Terminated()
+
+    previous = signal.signal(signal.SIGTERM, on_sigterm)
+    return lambda: signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
 
 
 def _os_error_text(err: OSError) -> str:

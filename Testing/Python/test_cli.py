@@ -225,6 +225,34 @@ def test_batch_redoes_a_case_folder_without_the_marker(tmp_path, capsys):
     assert {r["case"] for r in csv.DictReader((out / "summary.csv").open())} == {"alpha", "beta"}
 
 
+def test_sigterm_during_grade_exits_143_without_a_marker(tmp_path):
+    from HealthiVertLib.outputs.report import COMPLETE_MARKER
+
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "HealthiVertLib.app.cli", "grade", "--seg", str(SAMPLE_SEG), "--ct", str(SAMPLE_CT),
+           "--all", "--out", str(out), "--progress", "lines"]
+    child = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        first = child.stdout.readline()
+        assert first.startswith(PROGRESS_PREFIX), first
+        child.send_signal(signal.SIGTERM)
+        _, err = child.communicate(timeout=120)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+    assert child.returncode == 143, err
+    assert err == "healthivert: interrupted\n", err
+    assert not (out / COMPLETE_MARKER).exists()
+
+
+def test_sigterm_handler_is_restored_after_a_command(tmp_path):
+    before = signal.getsignal(signal.SIGTERM)
+    assert run("grade", "--seg", SAMPLE_SEG, "--vertebra", "L3", "--out", tmp_path, "--progress", "none",
+               "--no-figures") == 0
+    assert signal.getsignal(signal.SIGTERM) is before
+
+
 def test_batch_from_manifest(tmp_path):
     manifest = tmp_path / "cases.csv"
     shutil.copy(TPT_SEG, tmp_path / "tpt_msk.nii.gz")
