@@ -55,7 +55,7 @@ STAGE_NOTES = {
     "load": "read + validate labels (and CT), detect the numbering",
     "geometry": "grader load, vertebra list, spine curve",
     "bodies": "vertebral bodies in their local frames (targets + neighbours)",
-    "engine": "pseudo-healthy prediction from the neighbours",
+    "engine": "pseudo-healthy prediction (the default engine)",
     "heights": "heights, RHLV, loss map",
     "grading": "SVM grade",
     "views": "sagittal CT/mask planes, results mapped back to the input grid",
@@ -105,7 +105,8 @@ def _maxrss_kib() -> int:
 
 
 def _run_ours(seg: Path, ct: Path | None, out: Path, figures: bool) -> tuple[dict, dict]:
-    """What ``cli._grade_and_write`` does, with the same calls in the same order, timed."""
+    """What ``healthivert grade`` does (``app.cli``), with the same calls in the same order, timed."""
+    from HealthiVertLib.engines import DEFAULT_ENGINE
     from HealthiVertLib.io.case import load_case
     from HealthiVertLib.pipeline.case import grade_case
     from HealthiVertLib.outputs.tables import summary_table
@@ -115,7 +116,7 @@ def _run_ours(seg: Path, ct: Path | None, out: Path, figures: bool) -> tuple[dic
     t0 = time.perf_counter()
     case = load_case(seg, ct, None, labels=None, name=CASE_NAME)
     load_s = time.perf_counter() - t0
-    result = grade_case(case, None, engine="context", grader=None, progress=lambda f, m: None)
+    result = grade_case(case, None, engine=DEFAULT_ENGINE, grader=None, progress=lambda f, m: None)
     t = time.perf_counter()
     write_outputs(result, out, figures=figures)
     summary_table(result)
