@@ -398,21 +398,38 @@ class SVMGrader:
     @classmethod
     def load(cls, path: str | os.PathLike) -> "SVMGrader":
         """Read a grader JSON file written by ``save``; never unpickles."""
-        path = Path(path)
+        return cls.from_file_data(read_grader_json(path), Path(path))
+
+    @classmethod
+    def from_file_data(cls, data: Any, path: Path) -> "SVMGrader":
+        """:meth:`from_dict` on the parsed content of ``path``; HealthiVertError naming the file."""
         try:
-            text = path.read_text(encoding="utf-8")
-        except FileNotFoundError:
-            raise HealthiVertError(f"grader file {path} does not exist; give the path of a grader JSON file") from None
-        except (OSError, UnicodeDecodeError) as exc:
-            raise HealthiVertError(f"grader file {path} cannot be read: {exc}") from None
-        try:
-            data = json.loads(text, parse_constant=_reject_constant)
             return cls.from_dict(data)
         except (ValueError, TypeError) as exc:
-            raise HealthiVertError(
-                f"grader file {path} is damaged or not a HealthiVert grader: {exc}; "
-                "refit it (healthivert train / scripts/fit_default_grader.py) or use the default grader"
-            ) from None
+            raise damaged_grader(path, exc) from None
+
+
+def read_grader_json(path: str | os.PathLike) -> Any:
+    """The parsed JSON of a grader file (NaN and infinities refused); HealthiVertError naming the file."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise HealthiVertError(f"grader file {path} does not exist; give the path of a grader JSON file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise HealthiVertError(f"grader file {path} cannot be read: {exc}") from None
+    try:
+        return json.loads(text, parse_constant=_reject_constant)
+    except (ValueError, RecursionError) as exc:
+        raise damaged_grader(path, exc) from None
+
+
+def damaged_grader(path: Path, exc: Exception) -> HealthiVertError:
+    """The error for a grader file whose content is not a valid grader."""
+    return HealthiVertError(
+        f"grader file {path} is damaged or not a HealthiVert grader: {exc}; "
+        "refit it (healthivert train-grader / scripts/fit_default_grader.py) or use the default grader"
+    )
 
 
 def _scaler_and_svc(C: float) -> tuple[Any, Any]:

@@ -29,7 +29,14 @@ from ..errors import HealthiVertError
 from ..io.files import write_text_atomic
 from ..io.grades import GRADES
 from ..io.jsonable import jsonable
-from .grading import ALLOWED_FEATURES, GENANT_THRESHOLDS, RULE_CONFIDENCE_SCALE_PP, feature_vector, finite_float
+from .grading import (
+    ALLOWED_FEATURES,
+    GENANT_THRESHOLDS,
+    RULE_CONFIDENCE_SCALE_PP,
+    damaged_grader,
+    feature_vector,
+    finite_float,
+)
 
 FORMAT = "healthivert-threshold-grader"
 VERSION = 1
@@ -169,4 +176,4 @@ def read_threshold_grader(data: Mapping[str, Any], path: Path) -> ThresholdGrade
     try:
         return ThresholdGrader.from_dict(data)
     except (ValueError, TypeError) as exc:
-        raise HealthiVertError(f"grader file {path} is damaged or not a HealthiVert grader: {exc}") from None
+        raise damaged_grader(path, exc) from None
