@@ -33,7 +33,8 @@ def main() -> None:
     data = Path(args.data)
     grades = read_grade_file(data / "vertebra_data.json")
     spines, counted = [], 0
-    for case_files in discover_cases(data):
+    cases = discover_cases(data)
+    for case_files in cases:
         case = load_case(case_files.seg, None, name=case_files.name)
         by_level = {lab.VERSE.level_of(label): g for (subject, label), g in grades.items() if subject == case_files.name}
         spine = healthy_vertebrae(case, by_level)
@@ -42,7 +43,7 @@ def main() -> None:
         print(f"{case_files.name}: {len(spine)} grade-0 vertebrae ({', '.join(v.level for v in spine)})")
     literature = literature_prior()
     fitted_on = (f"{counted} whole grade-0 vertebrae (radiologists' Genant grades) of {len(spines)} VerSe19 subjects "
-                 f"({', '.join(c.name for c in discover_cases(data))}; CC BY-SA 4.0) and the literature")
+                 f"({', '.join(c.name for c in cases)}; CC BY-SA 4.0) and the literature")
     prior = fit_prior(spines, literature, fitted_on)
     write_prior(args.out, prior, literature,
                 "Level prior of the spine engine (HealthiVertLib/engines/spine_model.py): log mean height mu and log "

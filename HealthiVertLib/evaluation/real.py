@@ -114,6 +114,7 @@ class RealResult:
     notes: list[str] = field(default_factory=list)
     setup: dict[str, Any] = field(default_factory=dict)
     stability: dict[str, Any] | None = None  # evaluation.stability.grade_flips, with --stability
+    cases: dict[str, Any] = field(default_factory=dict, repr=False)  # subject -> loaded Case (not written)
 
 
 # ------------------------------------------------------------------------------------ data
@@ -186,6 +187,7 @@ def collect_real(
         names = [n for n in names if n in estimators]
     instances = {n: factories[n]() for n in names}
     loaded = {s: load_case(f.seg, f.ct, f.subregions, name=s) for s, f in cases.items()}
+    healthy = healthy_spines(vertebrae, loaded) if "spine" in instances else {}
     if "spine" in instances:
         notes.append("`spine`: its level prior is refitted for each held-out subject on the literature and the other "
                      "subjects' grade-0 vertebrae only (leave-one-subject-out), never on the subject it grades")
@@ -203,7 +205,7 @@ def collect_real(
                     estimates[n][i] = RealEstimate(n, MISSING, f"{vertebrae[i].level} is not in the label map")
         for name in names:
             progress(done, steps, f"{subject}: {name}")
-            estimator = loso_spine_engine(subject, vertebrae, loaded) if name == "spine" else instances[name]
+            estimator = loso_spine_engine(subject, healthy) if name == "spine" else instances[name]
             try:
                 out = run_estimator(name, estimator, case, [vertebrae[i].level for i in measured])
             except HealthiVertError as err:
@@ -217,6 +219,7 @@ def collect_real(
             progress(done, steps, f"{subject}: {name}")
     result = RealResult(vertebrae, {n: [e for e in est if e is not None] for n, est in estimates.items()},
                         notes=notes)
+    result.cases = loaded
     result.setup = {
         "data": str(data_dir),
         "subjects": sorted(cases),
@@ -229,19 +232,24 @@ def collect_real(
     return result
 
 
-def loso_spine_engine(held_out: str, vertebrae: Sequence[RealVertebra], cases: dict[str, Any]) -> Any:
-    """The ``spine`` engine with its level prior fitted without ``held_out``: the literature and the
-    grade-0 vertebrae of the other subjects (``training.spine_prior``)."""
-    from ..engines.spine import SpineEngine
-    from ..training.spine_prior import fit_prior, healthy_vertebrae, literature_prior
+def healthy_spines(vertebrae: Sequence[RealVertebra], cases: dict[str, Any]) -> dict[str, list]:
+    """The point heights of each subject's whole grade-0 vertebrae (``training.spine_prior``), measured once."""
+    from ..training.spine_prior import healthy_vertebrae
 
-    spines = []
-    for subject, case in cases.items():
-        if subject != held_out:
-            grades = {v.level: v.truth for v in vertebrae if v.subject == subject}
-            spines.append(healthy_vertebrae(case, grades))
-    others = ", ".join(s for s in cases if s != held_out)
-    return SpineEngine(prior=fit_prior(spines, literature_prior(), f"literature + grade-0 vertebrae of {others}"))
+    return {s: healthy_vertebrae(case, {v.level: v.truth for v in vertebrae if v.subject == s})
+            for s, case in cases.items()}
+
+
+def loso_spine_engine(held_out: str, healthy: dict[str, list]) -> Any:
+    """The ``spine`` engine with its level prior fitted without ``held_out``: the literature and the
+    grade-0 vertebrae of the other subjects (``healthy``: :func:`healthy_spines`)."""
+    from ..engines.spine import SpineEngine
+    from ..training.spine_prior import fit_prior, literature_prior
+
+    others = [s for s in healthy if s != held_out]
+    prior = fit_prior([healthy[s] for s in others], literature_prior(),
+                      f"literature + grade-0 vertebrae of {', '.join(others)}")
+    return SpineEngine(prior=prior)
 
 
 # ------------------------------------------------------------------------------------ grading
@@ -350,8 +358,10 @@ def grade_real(result: RealResult) -> None:
         for e, t, p in zip(estimates, thirds, points):
             if t is not None:
                 e.grades["rule"] = genant_rule(t)[0]
-                if set(default.features) <= set(GRADER_FEATURES) or p is not None:
+                try:  # a grader on point losses cannot grade where they are missing
                     e.grades["default_svm"] = default.grade(grading_inputs(t, p))[0]
+                except HealthiVertError:
+                    pass
             if p is not None:
                 e.grades["rule_points"] = genant_rule(p)[0]
         result.folds[name] = []
@@ -456,13 +466,10 @@ def score_real(result: RealResult) -> None:
                                                 by_points if g in POINT_GRADERS else by_rhlv) for g in GRADERS}
 
 
-def stability_of(result: RealResult, data_dir: str | os.PathLike,
-                 progress: Callable[[int, int, str], None] | None = None) -> dict[str, Any]:
-    """Grade flips of the default engine and grader under ``evaluation.stability.PERTURBATIONS``."""
-    from ..io.case import load_case
+def stability_of(result: RealResult, progress: Callable[[int, int, str], None] | None = None) -> dict[str, Any]:
+    """Grade flips of the default engine and grader under ``evaluation.stability.PERTURBATIONS``,
+    on the cases ``collect_real`` loaded."""
     from .stability import grade_flips
 
-    _, cases, _ = load_real_set(data_dir)
-    loaded = {s: load_case(f.seg, f.ct, f.subregions, name=s) for s, f in cases.items()}
-    levels = {s: [v.level for v in result.vertebrae if v.subject == s] for s in loaded}
-    return grade_flips(loaded, levels, progress=progress)
+    levels = {s: [v.level for v in result.vertebrae if v.subject == s] for s in result.cases}
+    return grade_flips(result.cases, levels, progress=progress)

@@ -264,7 +264,7 @@ def run_real(
     grade_real(result)
     score_real(result)
     if stability:
-        result.stability = stability_of(result, data_dir, progress)
+        result.stability = stability_of(result, progress)
     markdown_path = Path(markdown_path)
     readme = Path(data_dir) / "README.md"
     link = (os.path.relpath(readme.resolve(), markdown_path.resolve().parent).replace(os.sep, "/")
