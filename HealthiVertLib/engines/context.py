@@ -9,14 +9,12 @@ one-sided choice by the level trend of heights, and builds the body from those h
 
 from __future__ import annotations
 
-
 import numpy as np
 from scipy import ndimage
 
-from ..geometry.body import VertebralBody
+from ..geometry.body import VertebralBody, build_body
 from .base import HealthyPrediction, Neighbour, NoContextError
 from .neighbours import select_neighbours, trend_factor
-from ..geometry.body import build_body
 
 
 class ContextEngine:

@@ -21,11 +21,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..geometry.body import VertebralBody
 from ..engines.base import Neighbour, NoContextError
 from ..engines.neighbours import select_neighbours
-from ..measure.heights import THIRDS
-from ..measure.heights import own_heights
+from ..geometry.body import VertebralBody
+from ..measure.heights import THIRDS, own_heights
 from ..measure.points import own_point_heights
 
 REGIONS = (*THIRDS, "overall")

@@ -33,16 +33,32 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from ..io import labels as lab
-from .baselines import BASELINES
 from ..engines import ENGINES, get_engine
 from ..engines.base import NoContextError
 from ..errors import HealthiVertError
-from ..measure.heights import THIRDS
+from ..io import labels as lab
 from ..io.case import Case, load_case
-from .records import BenchResult, C_GRID, Estimate, GRADED, Item, KINDS, LOSSES, MEMORY_RUNS, N_PHANTOMS, PHANTOM_JITTER, PHANTOM_LEVELS, PHANTOM_LOSS_RANGE, PHANTOM_RANGE, PHANTOM_SPACINGS, REPO, SEED, Truth
-from ..measure.heights import own_heights
-
+from ..measure.heights import THIRDS, own_heights
+from .baselines import BASELINES
+from .records import (
+    C_GRID,
+    GRADED,
+    KINDS,
+    LOSSES,
+    MEMORY_RUNS,
+    N_PHANTOMS,
+    PHANTOM_JITTER,
+    PHANTOM_LEVELS,
+    PHANTOM_LOSS_RANGE,
+    PHANTOM_RANGE,
+    PHANTOM_SPACINGS,
+    REPO,
+    SEED,
+    BenchResult,
+    Estimate,
+    Item,
+    Truth,
+)
 
 REAL_CASES: dict[str, Case] = {}  # loaded real cases, one per subject and process
 
@@ -100,8 +116,8 @@ def run_estimator(name: str, estimator: Any, case: Case, levels: Sequence[str]) 
 
 
 def _run_baseline(name: str, baseline: Any, case: Case, levels: Sequence[str]) -> list[Estimate]:
-    from ..geometry.spine import SpineBodies, resolve_targets, spine_levels
     from ..engines.neighbours import gather_neighbours
+    from ..geometry.spine import SpineBodies, resolve_targets, spine_levels
 
     all_levels = spine_levels(case)
     bodies = SpineBodies(case, all_levels)

@@ -13,24 +13,21 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from ..errors import HealthiVertError
-from ..io import labels as lab
-from ..geometry.body import VertebralBody
-from ..engines.base import EngineUnavailable, NoContextError, Neighbour, PseudoHealthyEngine
 from ..engines import DEFAULT_ENGINE, get_engine
-from ..engines.neighbours import mean_height
+from ..engines.base import EngineUnavailable, Neighbour, NoContextError, PseudoHealthyEngine
+from ..engines.neighbours import CONTEXT_LEVELS, gather_neighbours, mean_height
+from ..errors import HealthiVertError
+from ..geometry.body import VertebralBody
+from ..geometry.spine import SpineBodies, SpineLevel, resolve_targets, spine_levels
+from ..geometry.straighten import array_ijk
+from ..io import labels as lab
+from ..io.case import Case
+from ..measure.counterfactuals import CounterfactualSeries
 from ..measure.graders import Grader, load_default_grader
 from ..measure.grading import genant_rule, grading_inputs
 from ..measure.heights import HeightMeasurement, measure
-from ..io.case import Case
 from .records import FAILED, INCOMPLETE, NO_CONTEXT, UNSUPPORTED, CaseResult, VertebraResult
-from ..measure.counterfactuals import CounterfactualSeries
-from ..geometry.straighten import array_ijk
-from ..engines.neighbours import gather_neighbours
-from ..geometry.spine import SpineBodies, SpineLevel, resolve_targets, spine_levels
 from .volumes import VolumeWriter, vertebra_views
-from ..engines.neighbours import CONTEXT_LEVELS
-
 
 Progress = Callable[[float, str], None]
 # Genant's rule is applied to the point losses (the heights a radiologist compares), falling back to

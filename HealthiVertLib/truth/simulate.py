@@ -28,20 +28,24 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
-from ..io import labels as lab
-from ..geometry.body import VertebralBody, extract_body
-from ..geometry.body import build_body
 from ..errors import HealthiVertError
-from ..measure.grading import genant_rule
-from ..measure.heights import measure
-from ..io.case import Case
-from ..io.images import check_same_grid, label_centroids
-from ..io.files import write_image_atomic, write_text_atomic
+from ..geometry.body import VertebralBody, build_body, extract_body
 from ..geometry.straighten import LocalFrame, array_ijk, block_to_index_affine, index_box
+from ..io import labels as lab
+from ..io.case import Case
+from ..io.files import write_image_atomic, write_text_atomic
+from ..io.images import check_same_grid, label_centroids
 from ..io.jsonable import rounded
-from ..measure.fracture_model import AFFECTED_REGION, CompressionField, FRACTURE_TYPES, MAX_LOSS, body_columns, calibrate
-from ..measure.heights import own_heights
-
+from ..measure.fracture_model import (
+    AFFECTED_REGION,
+    FRACTURE_TYPES,
+    MAX_LOSS,
+    CompressionField,
+    body_columns,
+    calibrate,
+)
+from ..measure.grading import genant_rule
+from ..measure.heights import measure, own_heights
 
 MARROW_BASELINE_HU = 30.0
 DENSITY_CAP_PERCENTILE = 99.5
