@@ -3,7 +3,8 @@
 :func:`atomic_output` yields a temporary path beside the target and renames it into place on
 success; ``write_text_atomic``, ``write_bytes_atomic`` and ``write_image_atomic`` use it. Every
 file HealthiVert writes goes through here. :func:`check_output_dir`, :func:`check_output_file` and
-:func:`check_outputs_apart` check an output location before any computing (every command uses them).
+:func:`check_outputs_apart` check an output location before any computing (every command uses them);
+:func:`check_inputs_outside` and :func:`check_inside` keep a batch inside its output folder.
 """
 
 from __future__ import annotations
@@ -11,8 +12,8 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import SimpleITK as sitk
 
@@ -120,3 +121,26 @@ def check_outputs_apart(out_dir: str | os.PathLike, inputs, flag: str = "--out")
                 f"{flag} '{out_dir}' holds the input file '{item}'; writing the outputs there could overwrite "
                 "an input. Choose another folder for the outputs."
             )
+
+
+def check_inputs_outside(out_dir: str | os.PathLike, inputs, flag: str = "--out") -> None:
+    """Refuse an output folder that holds one of the ``inputs`` (paths or None) at any depth, or that is
+    one of them: a batch replaces whole case folders, so no input may live anywhere inside its output."""
+    out = Path(out_dir).resolve()
+    for item in inputs:
+        if item is None:
+            continue
+        path = Path(item).resolve()
+        if path == out or path.is_relative_to(out):
+            raise HealthiVertError(
+                f"{flag} '{out_dir}' holds the input '{item}'; a batch replaces the case folders in {flag}, so it could "
+                "overwrite an input. Choose a folder that holds none of the inputs."
+            )
+
+
+def check_inside(root: str | os.PathLike, path: str | os.PathLike) -> Path:
+    """``path`` when it lies strictly inside the folder ``root`` (symbolic links resolved), else a HealthiVertError."""
+    root_r, path_r = Path(root).resolve(), Path(path).resolve()
+    if path_r == root_r or not path_r.is_relative_to(root_r):
+        raise HealthiVertError(f"'{path}' would lie outside the output folder '{root}'; nothing is written there.")
+    return Path(path)
