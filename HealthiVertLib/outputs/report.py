@@ -23,7 +23,6 @@ from .html import index_html
 from .tables import csv_text, json_text
 from .volumes import is_volume_name, write_volumes
 
-
 COMPLETE_MARKER = "healthivert_complete.json"
 MARKER_FORMAT = "healthivert-complete"
 TABLE_FILES = ("report.json", "report.csv", "index.html")
@@ -34,11 +33,13 @@ _TEMPORARY = re.compile(r"\.(?P<stem>[^.]+)-[a-z0-9_]{8}(?P<suffix>(?:\.[A-Za-z0
 # ----------------------------------------------------------------------------- public entry points
 
 
-def write_outputs(result: CaseResult, out_dir: str | Path, *, figures: bool = True) -> dict[str, Path]:
+def write_outputs(result: CaseResult, out_dir: str | Path, *, figures: bool = True,
+                  provenance: dict | None = None) -> dict[str, Path]:
     """Write every output of ``result`` into ``out_dir``; return file name (relative path) -> path.
 
     The outputs of an earlier run in ``out_dir`` are removed first (its marker before anything
-    else), and ``COMPLETE_MARKER`` is written after every other file.
+    else), and ``COMPLETE_MARKER`` is written after every other file, with ``provenance`` (what the
+    result was computed from: input hashes and options, JSON-able) when given.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -58,26 +59,42 @@ def write_outputs(result: CaseResult, out_dir: str | Path, *, figures: bool = Tr
 
     files["index.html"] = out_dir / "index.html"
     write_text_atomic(files["index.html"], index_html(result, files, figs, out_dir))
-    files[COMPLETE_MARKER] = write_complete_marker(out_dir, files)
+    files[COMPLETE_MARKER] = write_complete_marker(out_dir, files, provenance=provenance)
     return files
 
 
-def write_complete_marker(out_dir: Path, files: dict[str, Path]) -> Path:
-    """Write ``COMPLETE_MARKER`` (version, UTC time, every file written with its size in bytes), atomically."""
+def write_complete_marker(out_dir: Path, files: dict[str, Path], *, provenance: dict | None = None) -> Path:
+    """Write ``COMPLETE_MARKER`` (version, UTC time, every file written with its size in bytes, and the
+    ``provenance`` when given), atomically."""
     marker = {
         "format": MARKER_FORMAT,
         "healthivert_version": __version__,
         "finished_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "files": [{"file": name, "bytes": path.stat().st_size} for name, path in files.items()],
     }
+    if provenance is not None:
+        marker["provenance"] = provenance
     path = out_dir / COMPLETE_MARKER
     write_text_atomic(path, json.dumps(marker, indent=1) + "\n")
     return path
 
 
-def is_complete(out_dir: str | Path) -> bool:
-    """True when ``out_dir`` holds the completion marker of a finished :func:`write_outputs`."""
-    return (Path(out_dir) / COMPLETE_MARKER).is_file()
+def is_complete(out_dir: str | Path, provenance: dict | None = None) -> bool:
+    """True when ``out_dir`` holds the completion marker of a finished :func:`write_outputs`; with
+    ``provenance``, only when the marker records that same provenance (inputs and options unchanged)."""
+    marker = Path(out_dir) / COMPLETE_MARKER
+    if provenance is None:
+        return marker.is_file()
+    return read_complete_marker(out_dir).get("provenance") == json.loads(json.dumps(provenance))
+
+
+def read_complete_marker(out_dir: str | Path) -> dict:
+    """The completion marker of ``out_dir`` as a dict; empty when it is missing, unreadable or not a marker."""
+    try:
+        data = json.loads((Path(out_dir) / COMPLETE_MARKER).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) and data.get("format") == MARKER_FORMAT else {}
 
 
 # ----------------------------------------------------------------------------- an earlier run's outputs
