@@ -3,8 +3,13 @@
 :func:`read_ct` and :func:`read_label_map` read one 3D volume and refuse, with a message that says
 what to do, a missing, truncated or unreadable file (or one that is not a regular file, such as a
 named pipe, which is refused before it is opened), non-finite values, or a label map with
-negative or fractional values or no label at all; :func:`check_same_grid` says how two grids
-differ; ``label_centroids`` and ``label_voxel_counts`` summarise a label map.
+negative or fractional values or no label at all. The voxel grid is checked too, never guessed: a
+NIfTI spacing of zero, negative or not a number (ITK would read 1 mm) or one that its sform
+contradicts, a spacing outside ``MIN_SPACING_MM``-``MAX_SPACING_MM`` and a sheared (non-orthogonal)
+grid, which ITK would silently make orthogonal when writing the outputs, are refused.
+:func:`check_same_grid` says how two grids differ; :func:`check_looks_like_ct` refuses a CT that
+is not in Hounsfield units (a label map given as the CT); ``label_centroids`` and
+``label_voxel_counts`` summarise a label map.
 """
 
 from __future__ import annotations
@@ -152,6 +157,55 @@ def _nifti_is_truncated(path: Path) -> bool:
     return _gzip_length(path) < layout.end
 
 
+def _nifti_spacing_problem(path: Path) -> str | None:
+    """What is wrong with the voxel spacing a NIfTI header gives, or None.
+
+    ITK reads the spacing from ``pixdim`` and silently takes 1 mm for a zero or NaN value (a
+    negative one mirrors the axis); an sform whose scales disagree with ``pixdim`` only gets a
+    warning, and a sheared sform is replaced by the qform. Checked here before ITK reads the file.
+    """
+    try:
+        with _open_nifti(path) as stream:
+            header = stream.read(540)
+    except (OSError, EOFError, zlib.error):
+        return None  # damaged: ITK's reader says so
+    for endian in "<>":
+        if len(header) >= 348 and struct.unpack(f"{endian}i", header[:4])[0] == 348:
+            n_dims = struct.unpack(f"{endian}h", header[40:42])[0]
+            pixdim = struct.unpack(f"{endian}8f", header[76:108])
+            sform_code = struct.unpack(f"{endian}h", header[254:256])[0]
+            srow = struct.unpack(f"{endian}12f", header[280:328])
+            break
+        if len(header) >= 540 and struct.unpack(f"{endian}i", header[:4])[0] == 540:
+            n_dims = struct.unpack(f"{endian}q", header[16:24])[0]
+            pixdim = struct.unpack(f"{endian}8d", header[104:168])
+            sform_code = struct.unpack(f"{endian}i", header[348:352])[0]
+            srow = struct.unpack(f"{endian}12d", header[400:496])
+            break
+    else:
+        return None
+    n_axes = min(max(int(n_dims), 1), 3)
+    spacing = np.array(pixdim[1 : 1 + n_axes], dtype=float)
+    sform = np.array(srow, dtype=float).reshape(3, 4)[:, :n_axes]
+    sform_spacing = np.linalg.norm(sform, axis=0) if sform_code > 0 and np.all(np.isfinite(sform)) else None
+    said = f" (its sform gives {_numbers(sform_spacing)} mm)" if sform_spacing is not None else ""
+    bad = [k + 1 for k in range(n_axes) if not (np.isfinite(spacing[k]) and spacing[k] > 0)]
+    if bad:
+        read_as = "1 mm" if all(not spacing[k - 1] < 0 for k in bad) else "it as positive but mirror the axis"
+        return (f"has an invalid voxel spacing in its NIfTI header: pixdim {_numbers(spacing)} mm, not a positive "
+                f"number on axis {', '.join(map(str, bad))}{said}; ITK would read {read_as} there and every height "
+                "would be wrong. Fix the header (e.g. save the image again from the software that made it)")
+    if sform_spacing is not None:
+        if np.any(np.abs(sform_spacing - spacing) > SPACING_AGREEMENT * np.maximum(spacing, 1e-6)):
+            return (f"gives two different voxel spacings in its NIfTI header: pixdim {_numbers(spacing)} mm, sform "
+                    f"{_numbers(sform_spacing)} mm; which one is right cannot be told. Fix the header (e.g. save the "
+                    "image again from the software that made it)")
+        shear = _shear_degrees(sform / np.where(sform_spacing > 0, sform_spacing, 1.0))
+        if shear is not None:
+            return f"has a sheared sform in its NIfTI header ({shear}). {_SHEARED_ADVICE}"
+    return None
+
+
 _NIFTI_FLOAT_TYPES = {16: "f4", 64: "f8"}
 
 
@@ -215,11 +269,74 @@ def _as_volume(image: sitk.Image, what: str) -> sitk.Image:
     return image
 
 
+# Bounds of a believable voxel spacing, per axis. Clinical CT voxels are 0.2-10 mm (specimen CT
+# down to ~0.05 mm); a value outside these bounds is a header in the wrong unit (metres,
+# micrometres) or a broken export, and every height measured on it would be off by that factor.
+MIN_SPACING_MM = 0.05
+MAX_SPACING_MM = 20.0
+SPACING_AGREEMENT = 0.01  # relative difference tolerated between a NIfTI's pixdim and its sform scales
+# Largest |cos| between two voxel axes taken as orthogonal (0.06 degrees): rounding in exported
+# direction matrices is far below it; above it ITK's writers would move the outputs (0.5 mm at 500 mm).
+ORTHOGONALITY_TOLERANCE = 1e-3
+_SHEARED_ADVICE = (
+    "HealthiVert's outputs would be written on a different, orthogonal grid; resample the image onto an "
+    "orthogonal grid first (a CT with gantry tilt: load the DICOM series in 3D Slicer with acquisition geometry "
+    "regularization, harden the transform and save it as .nii.gz), then try again"
+)
+
+
+def _shear_degrees(direction: np.ndarray) -> str | None:
+    """'axes 2 and 3 meet at 60.0° instead of 90°' for the worst pair of non-orthogonal axes, or None."""
+    cosines = np.abs(direction.T @ direction - np.eye(direction.shape[1]))
+    if not np.all(np.isfinite(cosines)):
+        return "its axes are not finite"
+    i, j = np.unravel_index(np.argmax(cosines), cosines.shape)
+    if cosines[i, j] <= ORTHOGONALITY_TOLERANCE:
+        return None
+    if i == j:
+        return f"axis {i + 1} has length {np.sqrt(cosines[i, i] + 1):.4g} instead of 1"
+    angle = np.degrees(np.arccos(np.clip(direction[:, i] @ direction[:, j], -1.0, 1.0)))
+    return f"axes {min(i, j) + 1} and {max(i, j) + 1} meet at {angle:.1f}° instead of 90°"
+
+
+def check_geometry(image: sitk.Image, what: str) -> None:
+    """Refuse a voxel grid HealthiVert cannot measure on faithfully (``what`` names the image).
+
+    The spacing must lie within ``MIN_SPACING_MM``-``MAX_SPACING_MM`` on every axis, origin and
+    direction must be finite, and the axes orthogonal: ITK's writers would silently replace a sheared
+    grid by an orthogonal one, moving the outputs away from the input.
+    """
+    spacing = np.array(image.GetSpacing(), dtype=float)
+    if not np.all((spacing >= MIN_SPACING_MM) & (spacing <= MAX_SPACING_MM)):
+        raise HealthiVertError(
+            f"{what} has a voxel spacing of {_numbers(spacing)} mm; HealthiVert accepts {MIN_SPACING_MM:g} to "
+            f"{MAX_SPACING_MM:g} mm per axis (clinical CT: 0.2-10 mm). The header's spacing or unit is wrong "
+            "(metres or micrometres instead of millimetres?): fix it and try again."
+        )
+    n = image.GetDimension()
+    direction = np.array(image.GetDirection(), dtype=float).reshape(n, n)
+    if not (np.all(np.isfinite(image.GetOrigin())) and np.all(np.isfinite(direction))):
+        raise HealthiVertError(
+            f"{what} has an origin or direction that is not a number ({_numbers(image.GetOrigin())}). "
+            "Export the image again."
+        )
+    shear = _shear_degrees(direction)
+    if shear is not None:
+        raise HealthiVertError(f"{what} has a sheared (non-orthogonal) voxel grid: {shear}. {_SHEARED_ADVICE}.")
+
+
 def read_image(path: str | os.PathLike, role: str) -> sitk.Image:
-    """Read a 3D scalar image; ``role`` ("CT", "vertebra labels", ...) names it in error messages."""
+    """Read a 3D scalar image; ``role`` ("CT", "vertebra labels", ...) names it in error messages.
+
+    Its voxel grid is checked (:func:`check_geometry`; a NIfTI header's spacing before ITK reads it).
+    """
     path = Path(path)
     what = f"The {role} file '{path}'"
     _check_file(path, what)
+    if image_extension(path) in (".nii", ".nii.gz"):
+        problem = _nifti_spacing_problem(path)
+        if problem:
+            raise HealthiVertError(f"{what} {problem}.")
     try:
         image = sitk.ReadImage(str(path))
     except RuntimeError as error:
@@ -232,7 +349,9 @@ def read_image(path: str | os.PathLike, role: str) -> sitk.Image:
             f"{what} is incomplete: it holds less image data than its header announces (interrupted "
             "download or copy?). Copy or export it again."
         )
-    return _as_volume(image, what)
+    image = _as_volume(image, what)
+    check_geometry(image, what)
+    return image
 
 
 def read_ct(path: str | os.PathLike) -> sitk.Image:
@@ -246,6 +365,34 @@ def read_ct(path: str | os.PathLike) -> sitk.Image:
             "or replace these voxels deliberately (e.g. with -1024 HU) and try again."
         )
     return sitk.Cast(image, sitk.sitkFloat32)
+
+
+# A CT of the spine holds thousands of grey values spanning at least soft tissue (~0-100 HU) to
+# bone (several hundred HU); a label or probability map holds a handful of small values.
+CT_MIN_DISTINCT_VALUES = 64
+CT_MIN_RANGE_HU = 200.0
+_CT_SAMPLE_VOXELS = 2_000_000  # voxels looked at (evenly strided) to count distinct values
+
+
+def check_looks_like_ct(ct: sitk.Image, source: str | os.PathLike | None = None) -> None:
+    """Refuse a "CT" that is not in Hounsfield units: fewer than ``CT_MIN_DISTINCT_VALUES`` distinct
+    values or a range under ``CT_MIN_RANGE_HU`` (a label map or mask given as the CT).
+
+    Engines that read the CT's intensities (the generator) check it; ``source`` names the file.
+    """
+    values = sitk.GetArrayViewFromImage(ct).ravel()
+    sample = values[:: max(1, values.size // _CT_SAMPLE_VOXELS)]
+    low, high = float(values.min()), float(values.max())
+    distinct = np.unique(sample)
+    if len(distinct) >= CT_MIN_DISTINCT_VALUES and high - low >= CT_MIN_RANGE_HU:
+        return
+    shown = ", ".join(f"{v:g}" for v in distinct[:8]) + (", ..." if len(distinct) > 8 else "")
+    name = f"The CT '{source}'" if source is not None else "The CT"
+    raise HealthiVertError(
+        f"{name} does not look like a CT in Hounsfield units: it holds {len(distinct)} distinct values from "
+        f"{low:g} to {high:g} ({shown}), like a label map or mask. The generator engine synthesizes from the "
+        "CT's intensities: pass the CT image itself as --ct (or use --engine spine, which needs no CT)."
+    )
 
 
 def _label_pixel_type(maximum: int) -> int:
@@ -320,7 +467,7 @@ def _grid_differences(reference: sitk.Image, other: sitk.Image) -> list[str]:
     for what, ref_value, other_value, tolerance in checks:
         a, b = np.array(ref_value, dtype=float), np.array(other_value, dtype=float)
         if a.shape != b.shape or np.any(np.abs(a - b) > tolerance):
-            differences.append(f"  - {what}: {_numbers(ref_value)} vs {_numbers(other_value)}")
+            differences.append(f"{what}: {_numbers(ref_value)} vs {_numbers(other_value)}")
     return differences
 
 
@@ -328,13 +475,14 @@ def check_same_grid(reference: sitk.Image, other: sitk.Image, names: tuple[str, 
     """Raise unless ``other`` lies on the voxel grid of ``reference``.
 
     ``names`` describe both images in messages, e.g. ``("CT 'ct.nii.gz'", "vertebra labels 'seg.nii.gz'")``.
+    The message is one line naming each property that differs, with both values.
     """
     differences = _grid_differences(reference, other)
     if differences:
         raise HealthiVertError(
-            f"The {names[1]} are not on the voxel grid of the {names[0]} (differences, {names[0]} first):\n"
-            + "\n".join(differences)
-            + f"\nResample the {names[1]} onto the grid of the {names[0]} with nearest-neighbour "
+            f"The {names[1]} are not on the voxel grid of the {names[0]} ({names[0]} first: "
+            + "; ".join(differences)
+            + f"). Resample the {names[1]} onto the grid of the {names[0]} with nearest-neighbour "
             "interpolation (e.g. in 3D Slicer: Resample Scalar/Vector/DWI Volume, interpolation 'Nearest "
             f"Neighbor', reference volume = the {names[0]}), save it and try again."
         )
