@@ -20,6 +20,7 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
+from ..errors import HealthiVertError
 from .straighten import Block, LocalFrame, block_to_index_affine
 
 
@@ -27,6 +28,10 @@ MARGIN_MM = 4.0
 CUT_FRACTION = 0.10  # body cross-section on an image border slice, relative to its largest one, that means "cut"
 HEIGHT_MARGIN_MM = 14.0  # room along s for a pseudo-healthy body taller than the fractured one
 CENTRAL_SLAB = 0.4  # fraction of the body's LR width used for AP measurements (centred)
+# Most voxels of one vertebra's 1 mm block. The largest real vertebra with its margins spans about
+# 120 x 160 x 160 mm (3 M voxels); 20 M (a 270 mm cube, 80 MB per float32 copy) leaves room for any
+# real label while a wrong spacing or a label spread over the whole image stops here, not at 16 GB.
+MAX_BLOCK_VOXELS = 20_000_000
 
 
 @dataclass
@@ -104,7 +109,7 @@ def extract_body(
     crop = seg_ijk[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]] == label
     if body_mask_ijk is not None:
         crop = crop & body_mask_ijk[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]]
-    block = _block_around(seg, lo, hi, frame)
+    block = _block_around(seg, lo, hi, frame, label)
     matrix, offset = block_to_index_affine(seg, frame, block)
     occupancy = ndimage.affine_transform(
         crop.astype(np.float32), matrix, offset - lo, output_shape=block.shape, order=1, cval=0.0
@@ -116,15 +121,23 @@ def extract_body(
     return VertebralBody(label, frame, block, occupancy, complete, footprint_of(occupancy, block), level)
 
 
-def _block_around(seg: sitk.Image, lo: np.ndarray, hi: np.ndarray, frame: LocalFrame) -> Block:
-    """The 1 mm local grid covering the index box [lo, hi) plus a margin."""
+def _block_around(seg: sitk.Image, lo: np.ndarray, hi: np.ndarray, frame: LocalFrame, label: int) -> Block:
+    """The 1 mm local grid covering the index box [lo, hi) of ``label`` plus a margin (capped in size)."""
     corners = np.array([[x, y, z] for x in (lo[0], hi[0]) for y in (lo[1], hi[1]) for z in (lo[2], hi[2])], float)
     world = np.array([seg.TransformContinuousIndexToPhysicalPoint(c.tolist()) for c in corners - 0.5])
     local = frame.to_local(world)
     margin = np.array([HEIGHT_MARGIN_MM, MARGIN_MM, MARGIN_MM])
     start = np.floor(local.min(axis=0) - margin)
     stop = np.ceil(local.max(axis=0) + margin)
-    return Block(start=tuple(start), shape=tuple((stop - start + 1).astype(int)))
+    shape = stop - start + 1
+    if float(np.prod(shape)) > MAX_BLOCK_VOXELS:
+        extent = " x ".join(f"{x:.0f}" for x in shape)
+        raise HealthiVertError(
+            f"label {label} spans {extent} mm, far more than one vertebra: resampling it at 1 mm would need "
+            f"{np.prod(shape) / 1e6:.0f} million voxels (at most {MAX_BLOCK_VOXELS // 1_000_000} million). Check the "
+            "image's voxel spacing and that each vertebra has its own label."
+        )
+    return Block(start=tuple(start), shape=tuple(shape.astype(int)))
 
 
 def body_cut_by_border(occupancy: np.ndarray, matrix: np.ndarray, offset: np.ndarray, size: Sequence[int]) -> bool:
