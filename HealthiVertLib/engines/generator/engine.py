@@ -36,6 +36,7 @@ from ..base import EngineUnavailable, HealthyPrediction, Neighbour
 from ...errors import HealthiVertError
 from . import slices as gd
 from .networks import Generator, model_to_hu
+from ...io.images import check_looks_like_ct
 from ...io.resources import WEIGHTS_DIR
 
 DEFAULT_WEIGHTS = WEIGHTS_DIR / "generator_default.safetensors"
@@ -129,7 +130,11 @@ class GeneratorEngine:
         return load_hgam(hgam, self.model.config, self.device, named=named)
 
     def attach(self, case) -> None:
-        """Give the engine the case's CT (``io.case.Case``); None for a mask-only case."""
+        """Give the engine the case's CT (``io.case.Case``); None for a mask-only case.
+
+        A CT that is not in Hounsfield units (a label map passed as the CT) is refused."""
+        if case.ct is not None:
+            check_looks_like_ct(case.ct, (getattr(case, "paths", None) or {}).get("ct"))
         self._ct = gd.CTSampler(case.ct) if case.ct is not None else None
 
     @torch.inference_mode()
