@@ -8,7 +8,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from pathlib import Path
@@ -19,6 +18,7 @@ GRADES = (0, 1, 2, 3)  # Genant: 0 normal, 1 mild, 2 moderate, 3 severe
 
 
 from ..errors import HealthiVertError
+from .jsonable import read_json
 
 
 # ------------------------------------------------------------------------------ grade files
@@ -44,12 +44,7 @@ def _parse_grade(key: str, value: Any) -> int:
 def _read_grade_entries(path: str | os.PathLike) -> list[tuple[tuple[str, int], int, str | None]]:
     """((subject, label), grade, split or None) for every entry of a grade file."""
     path = Path(path)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise HealthiVertError(f"grade file {path} does not exist") from None
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
-        raise HealthiVertError(f"grade file {path} is not readable JSON: {exc}") from None
+    data = read_json(path, f"grade file {path}")
     if not isinstance(data, dict):
         raise HealthiVertError(f"grade file {path} must hold a JSON object of <subject>_<label>: grade")
     nested = bool(data) and all(isinstance(v, dict) for v in data.values())

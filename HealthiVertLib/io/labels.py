@@ -7,7 +7,6 @@ nnU-Net model). :func:`resolve_scheme` picks the numbering, checking it against 
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from dataclasses import dataclass
@@ -16,6 +15,7 @@ from types import MappingProxyType
 from typing import Iterable, Mapping
 
 from ..errors import HealthiVertError
+from .jsonable import read_json
 
 LEVELS: tuple[str, ...] = (
     *(f"C{i}" for i in range(1, 8)),
@@ -169,16 +169,13 @@ def scheme_from_dataset_json(path: str | os.PathLike) -> LabelScheme:
     """Numbering of an nnU-Net ``dataset.json`` (v2 ``{"L1": 5}`` or v1 ``{"5": "L1"}`` labels)."""
     path = Path(path)
     what = f"The label description file '{path}'"
-    if not path.is_file():
-        problem = "is a folder" if path.is_dir() else "does not exist"
-        raise HealthiVertError(f"{what} {problem}. Give the path of the model's dataset.json file.")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise HealthiVertError(
-            f"{what} could not be read as JSON ({error}). Give the dataset.json of the nnU-Net model "
+    data = read_json(
+        path, what, advice="give the path of the model's dataset.json file",
+        bad_content=lambda reason: HealthiVertError(
+            f"{what} could not be read as JSON ({reason}). Give the dataset.json of the nnU-Net model "
             "that made the segmentation."
-        ) from error
+        ),
+    )  # fmt: skip
     labels = data.get("labels") if isinstance(data, dict) else None
     if not isinstance(labels, dict):
         raise HealthiVertError(f"{what} has no \"labels\" section; is it an nnU-Net dataset.json?")

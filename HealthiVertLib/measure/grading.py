@@ -29,7 +29,7 @@ import numpy as np
 from ..errors import HealthiVertError
 from ..io.files import write_text_atomic
 from ..io.grades import GRADES
-from ..io.jsonable import jsonable
+from ..io.jsonable import jsonable, read_json
 
 
 FEATURES = ("rhlv_anterior", "rhlv_middle", "rhlv_posterior")
@@ -412,20 +412,12 @@ class SVMGrader:
 def read_grader_json(path: str | os.PathLike) -> Any:
     """The parsed JSON of a grader file (NaN and infinities refused); HealthiVertError naming the file."""
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise HealthiVertError(f"grader file {path} does not exist; give the path of a grader JSON file") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise HealthiVertError(f"grader file {path} cannot be read: {exc}") from None
-    try:
-        return json.loads(text, parse_constant=_reject_constant)
-    except (ValueError, RecursionError) as exc:
-        raise damaged_grader(path, exc) from None
+    return read_json(path, f"grader file {path}", advice="give the path of a grader JSON file",
+                     bad_content=lambda reason: damaged_grader(path, reason), parse_constant=_reject_constant)
 
 
-def damaged_grader(path: Path, exc: Exception) -> HealthiVertError:
-    """The error for a grader file whose content is not a valid grader."""
+def damaged_grader(path: Path, exc: Exception | str) -> HealthiVertError:
+    """The error for a grader file whose content is not a valid grader (``exc``: what is wrong)."""
     return HealthiVertError(
         f"grader file {path} is damaged or not a HealthiVert grader: {exc}; "
         "refit it (healthivert train-grader / scripts/fit_default_grader.py) or use the default grader"

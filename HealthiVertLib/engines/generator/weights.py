@@ -78,8 +78,8 @@ class ModelCard:
             data.pop("input_size_px", None)
             data.pop("spacing_mm", None)
             return cls(**data)
-        except (ValueError, TypeError, AttributeError) as exc:
-            raise HealthiVertError(f"The {source} is not a valid HealthiVert model card ({exc}). "
+        except (ValueError, TypeError, AttributeError, RecursionError) as exc:
+            raise HealthiVertError(f"The {source} is not a valid HealthiVert model card ({_first_line(exc)}). "
                                    "Restore it from the release or re-export the weights.") from None
 
 
@@ -160,7 +160,7 @@ def _load_ours(path: str | Path, kind: str, device: str | torch.device) -> Any:
     model_cls, config_cls = KINDS[kind]
     try:
         config = config_cls.from_dict(json.loads(metadata["config"]))
-    except (KeyError, ValueError, TypeError, AttributeError):
+    except (KeyError, ValueError, TypeError, AttributeError, RecursionError):
         raise HealthiVertError(f"{path.name} does not record a valid architecture; "
                                "it was not written by this HealthiVert version.") from None
     model = model_cls(config)
