@@ -1,133 +1,172 @@
-"""``healthivert batch``: many cases, worker processes, resumable, one failure never stops the rest.
+"""``healthivert batch``: many cases in worker processes or on dask, resumable exactly, one failure never stops the rest.
 
-A case is done when its folder holds the completion marker ``outputs.report.COMPLETE_MARKER``
-(written last); a case folder without it (interrupted, disk full) is graded again.
+Every case runs through ``casework.process_case`` (the one code path for a case), into
+``OUT/<folder>/`` where ``folder`` is the case name as one safe path component (``io.discover``);
+no input may lie inside ``OUT``. Executors: the calling process (one worker), a process pool
+(``--workers N``, capped to the number of cases) or dask.distributed (``--dask [ADDRESS]``,
+``cluster``). Ctrl-C and SIGTERM stop the workers, write ``cases.csv`` with the unfinished cases
+``interrupted`` and end the command (exit 130/143); workers also exit when the batch process dies.
+At the end the cohort files are written (``outputs.cohort``).
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
-import io as _io
+import os
+import sys
 import time
-import traceback
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from ..errors import HealthiVertError
-from ..io.files import write_text_atomic
-from ..outputs.figures import draw_figures_serially
-from ..outputs.report import is_complete
 from ..io.discover import CaseFiles, discover_cases
+from ..io.files import check_inputs_outside
+from ..outputs.cohort import write_cohort
+from .casework import (
+    engine_for,
+    options_provenance,
+    prepare_worker,
+    process_case,
+    remove_leftovers,
+    row,
+)
+from .options import engine_options
 
-
-CASE_COLUMNS = ("case", "status", "graded", "seconds", "error")
-_ENGINES: dict[tuple, object] = {}  # per process: an engine is built (its weights loaded) once, not per case
-
-
-def _run_case(case: CaseFiles, out_dir: str, options: dict) -> dict:
-    """Grade one case in a worker; never raises, returns its row for cases.csv."""
-    from ..engines import get_engine
-    from ..measure.graders import load_grader
-    from ..io.case import load_case
-    from ..pipeline.case import grade_case
-    from ..outputs.report import write_outputs
-
-    t0 = time.perf_counter()
-    target = Path(out_dir) / case.name
-    try:
-        loaded = load_case(case.seg, case.ct, case.subregions, labels=options["labels"], name=case.name)
-        grader = load_grader(options["grader"]) if options["grader"] else None
-        engine_options = options.get("engine_options", {})
-        key = (options["engine"], tuple(sorted(engine_options.items())))
-        if key not in _ENGINES:
-            _ENGINES[key] = get_engine(options["engine"], **engine_options)
-        engine = _ENGINES[key]
-        result = grade_case(loaded, options["vertebrae"], engine=engine, grader=grader,
-                            grader_name=f"SVM from {Path(options['grader']).name}" if grader else None)
-        write_outputs(result, target, figures=options["figures"])
-        graded = sum(v.status == "graded" for v in result.vertebrae)
-        (target / "error.txt").unlink(missing_ok=True)
-        return {"case": case.name, "status": "done", "graded": graded, "seconds": time.perf_counter() - t0, "error": ""}
-    except HealthiVertError as err:
-        message = str(err)
-    except Exception as err:  # noqa: BLE001 - a batch must go on; the trace is kept for the user
-        message = f"internal error: {err!r}"
-        write_text_atomic(target / "error_trace.txt", traceback.format_exc())
-    write_text_atomic(target / "error.txt", message + "\n")
-    return {"case": case.name, "status": "failed", "graded": 0, "seconds": time.perf_counter() - t0, "error": message}
+BAR_FORMAT = "{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}{postfix}]"
 
 
 def run_batch(args: argparse.Namespace) -> int:
-    """Run a batch from parsed CLI arguments; exit status 0 when every case succeeded, else 3."""
+    """Run a batch from parsed CLI arguments; exit status 0 when no case failed, else 3."""
     from tqdm import tqdm
 
-    cases = discover_cases(args.input)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    from .options import engine_options
+    cases = [CaseFiles(c.name, c.seg.absolute(), _absolute(c.ct), _absolute(c.subregions), c.folder)
+             for c in discover_cases(args.input)]
+    out = Path(args.out).absolute()
+    dask_address = getattr(args, "dask", None)
+    if dask_address is not None:
+        from .cluster import check_address
 
+        dask_address = check_address(dask_address)
     options = {"labels": args.labels, "grader": args.grader, "engine": args.engine,
                "engine_options": engine_options(args), "vertebrae": args.vertebra, "figures": not args.no_figures}
+    check_batch_inputs(Path(args.input), cases, out, options)
+    options["provenance"] = options_provenance(options)
+    engine_for(options)  # an engine that cannot be built (missing PyTorch, bad weights) stops here, in one line
+    out.mkdir(parents=True, exist_ok=True)
+    remove_leftovers(out)
+    workers = batch_workers(args.workers, len(cases), local=dask_address is None or dask_address == "local")
+
     rows: dict[str, dict] = {}
-    todo = []
-    for case in cases:
-        if is_complete(out / case.name):
-            rows[case.name] = {"case": case.name, "status": "skipped (done before)", "graded": "", "seconds": "", "error": ""}
+    bar = tqdm(total=len(cases), desc="cases", unit="case", bar_format=BAR_FORMAT, disable=args.progress == "none")
+    on_row = _progress(rows, bar, args.progress)
+    try:
+        if dask_address is not None:
+            from .cluster import run_on_dask
+
+            run_on_dask(cases, out, options, workers, dask_address, on_row)
+        elif workers > 1:
+            run_on_pool(cases, out, options, workers, on_row)
         else:
-            todo.append(case)
-    bar = tqdm(total=len(todo), desc="cases", unit="case", disable=args.progress == "none")
-    if args.workers > 1 and len(todo) > 1:
-        with ProcessPoolExecutor(max_workers=args.workers, initializer=draw_figures_serially) as pool:
-            futures = {pool.submit(_run_case, c, str(out), options): c for c in todo}
-            for future in as_completed(futures):
-                rows[futures[future].name] = _progress_row(future.result(), bar, args.progress)
-    else:
-        for case in todo:
-            rows[case.name] = _progress_row(_run_case(case, str(out), options), bar, args.progress)
+            for case in cases:
+                on_row(process_case(case, str(out), options))
+    except KeyboardInterrupt:  # also SIGTERM (cli): the cases not finished are marked, then the command ends
+        bar.close()
+        write_cohort(out, [rows.get(c.folder) or row(c, "interrupted") for c in cases])
+        raise
     bar.close()
-    ordered = [rows[c.name] for c in cases]
-    _write_case_table(out / "cases.csv", ordered)
-    _write_vertebra_summary(out / "summary.csv", [out / c.name / "report.csv" for c in cases if is_complete(out / c.name)])
+    ordered = [rows[c.folder] for c in cases]
+    write_cohort(out, ordered)
     _print_summary(ordered, out)
     return 0 if all(r["status"] != "failed" for r in ordered) else 3
 
 
-def _progress_row(row: dict, bar, mode: str) -> dict:
-    bar.update(1)
-    if mode == "lines":
-        print(f"HEALTHIVERT_PROGRESS {100 * bar.n / max(bar.total, 1):.0f} {row['case']}: {row['status']}", flush=True)
-    return row
+def _absolute(path: Path | None) -> Path | None:
+    return None if path is None else path.absolute()
 
 
-def _write_case_table(path: Path, rows: list[dict]) -> None:
-    buf = _io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=CASE_COLUMNS, lineterminator="\n")
-    writer.writeheader()
-    for row in rows:
-        writer.writerow({k: (f"{row[k]:.2f}" if k == "seconds" and isinstance(row[k], float) else row[k]) for k in CASE_COLUMNS})
-    write_text_atomic(path, buf.getvalue())
+def check_batch_inputs(source: Path, cases: Sequence[CaseFiles], out: Path, options: dict) -> None:
+    """Refuse an ``out`` that holds an input (a case file, the manifest, the grader, weights or a
+    dataset.json) or that lies inside the input folder (its outputs would be read as cases next time)."""
+    files = [source, options.get("grader"), (options.get("engine_options") or {}).get("weights")]
+    if options.get("labels") and Path(options["labels"]).is_file():
+        files.append(options["labels"])
+    files += [p for c in cases for p in (c.seg, c.ct, c.subregions)]
+    check_inputs_outside(out, files)
+    if source.is_dir() and out.resolve().is_relative_to(source.resolve()):
+        raise HealthiVertError(
+            f"--out '{out}' lies inside the input folder '{source}': its label maps would be read as cases by the "
+            "next run. Choose a folder outside it."
+        )
 
 
-def _write_vertebra_summary(path: Path, reports: list[Path]) -> None:
-    """Concatenate the per-case report.csv files (same header) into one feature table."""
-    header, lines = None, []
-    for report in reports:
-        if not report.is_file():
-            continue
-        text = report.read_text(encoding="utf-8").splitlines()
-        if not text:
-            continue
-        header = header or text[0]
-        lines.extend(text[1:])
-    if header:
-        write_text_atomic(path, "\n".join([header, *lines]) + "\n")
+def batch_workers(requested: int, n_cases: int, *, local: bool = True) -> int:
+    """Worker processes to start: ``requested`` capped to the number of cases; a warning on stderr when
+    more than this machine's CPU cores are asked for (``local``)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if local and requested > cores:
+        print(f"healthivert: warning: --workers {requested} is more than the {cores} CPU cores of this machine; "
+              "the cases will run slower each, not faster together.", file=sys.stderr)
+    return max(1, min(requested, n_cases))
+
+
+def run_on_pool(cases: Sequence[CaseFiles], out: Path, options: dict, workers: int,
+                on_row: Callable[[dict], None]) -> None:
+    """Grade ``cases`` in a pool of ``workers`` processes, ``on_row`` called as each case ends. An
+    interruption (KeyboardInterrupt, SIGTERM) terminates the workers before it propagates."""
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    pool = ProcessPoolExecutor(max_workers=workers, initializer=prepare_worker, initargs=(options,))
+    try:
+        futures = {pool.submit(process_case, c, str(out), options): c for c in cases}
+        for future in as_completed(futures):
+            try:
+                result = future.result()
+            except Exception as err:  # noqa: BLE001 - a worker died (out of memory, killed): the others go on
+                result = row(futures[future], "failed", 0, "", f"worker process died: {err!r}")
+            on_row(result)
+    except BaseException:
+        stop_pool(pool)
+        raise
+    pool.shutdown()
+
+
+def stop_pool(pool) -> None:
+    """Terminate a ``ProcessPoolExecutor``'s workers now (SIGTERM, then SIGKILL after 5 s) and shut it down."""
+    processes = list((getattr(pool, "_processes", None) or {}).values())  # no public handle before Python 3.14
+    for process in processes:
+        process.terminate()
+    pool.shutdown(wait=False, cancel_futures=True)
+    for process in processes:
+        process.join(5)
+        if process.is_alive():
+            process.kill()
+            process.join(1)
+
+
+def _progress(rows: dict[str, dict], bar, mode: str) -> Callable[[dict], None]:
+    start = time.monotonic()
+    failed = 0
+
+    def on_row(result: dict) -> None:
+        nonlocal failed
+        rows[result["folder"]] = result
+        failed += result["status"] == "failed"
+        minutes = max(time.monotonic() - start, 1e-9) / 60
+        bar.set_postfix_str(f"{len(rows) / minutes:.1f} cases/min, {failed} failed", refresh=False)
+        bar.update(1)
+        if mode == "lines":
+            print(f"HEALTHIVERT_PROGRESS {100 * len(rows) / max(bar.total, 1):.0f} {result['case']}: {result['status']}",
+                  flush=True)
+
+    return on_row
 
 
 def _print_summary(rows: list[dict], out: Path) -> None:
-    width = max([len(r["case"]) for r in rows] + [4])
+    names = [r["case"] if r["case"] == r["folder"] else f"{r['case']} -> {r['folder']}" for r in rows]
+    width = max([len(n) for n in names] + [4])
     print(f"\n{'case':<{width}}  {'status':<22} graded  error")
-    for r in rows:
-        print(f"{r['case']:<{width}}  {r['status']:<22} {str(r['graded']):>6}  {r['error']}")
+    for name, r in zip(names, rows):
+        print(f"{name:<{width}}  {r['status']:<22} {r['graded']!s:>6}  {r['error']}")
     failed = sum(r["status"] == "failed" for r in rows)
-    print(f"\n{len(rows) - failed} of {len(rows)} cases done, {failed} failed. Tables: {out / 'cases.csv'}, {out / 'summary.csv'}")
+    print(f"\n{len(rows) - failed} of {len(rows)} cases done, {failed} failed. Tables: {out / 'cases.csv'}, "
+          f"{out / 'summary.csv'}; cohort page: {out / 'index.html'}")
