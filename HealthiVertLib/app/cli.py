@@ -199,15 +199,22 @@ def _add_demo(sub) -> None:
 def _add_batch(sub) -> None:
     p = sub.add_parser("batch", help="grade many cases (folder or CSV manifest), resumable",
                        description="Grade every case of a folder or CSV manifest into OUT/<case>/, in worker "
-                       "processes. Finished cases (OUT/<case>/healthivert_complete.json exists) are skipped, so an "
-                       "interrupted run resumes; a failing case is marked failed and the others go on. Writes OUT/cases.csv "
-                       "(one row per case) and OUT/summary.csv (one row per vertebra).")
+                       "processes or on dask. A case is skipped when OUT/<case>/healthivert_complete.json records the same "
+                       "input file hashes and options, so an interrupted run resumes exactly; anything else is graded "
+                       "again. A failing case is marked failed and the others go on. Case names become safe folder names "
+                       "(others slugified, see cases.csv). Writes OUT/cases.csv (one row per case), OUT/summary.csv (one "
+                       "row per vertebra), OUT/summary_by_level.csv and the cohort page OUT/index.html.")
     p.add_argument("input", metavar="INPUT",
                    help="a CSV manifest with columns case, seg[, ct][, subregions] (paths relative to the CSV), "
                    "or a folder: one sub-folder per case, or files named <case>_seg.nii.gz / <case>_msk.nii.gz "
                    "with optional <case>_ct.nii.gz or <case>.nii.gz.")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder.")
-    p.add_argument("--workers", type=positive_int, default=1, metavar="N", help="worker processes (default 1).")
+    p.add_argument("--workers", type=positive_int, default=1, metavar="N",
+                   help="worker processes (default 1; never more than the cases; a warning above the CPU cores).")
+    p.add_argument("--dask", nargs="?", const="local", default=None, metavar="ADDRESS",
+                   help="run the cases on dask.distributed (pip install 'healthivert[cluster]'): without ADDRESS a "
+                   "local cluster of --workers processes, with tcp://host:port an existing scheduler whose workers "
+                   "see INPUT and --out at the same paths. Give it after INPUT.")
     p.add_argument("--vertebra", nargs="+", metavar="LEVEL", default=None,
                    help="levels to grade in every case (default: all thoracic and lumbar).")
     _add_case_options(p)
