@@ -46,6 +46,13 @@ THIRD_NAMES = ("anterior", "middle", "posterior")
 GRADE_NAMES = ("normal", "mild", "moderate", "severe")
 GENANT_THRESHOLDS = (0.20, 0.25, 0.40)  # mild >= 20 %, moderate >= 25 %, severe >= 40 %
 RULE_CONFIDENCE_SCALE_PP = 2.5  # logistic scale of genant_rule's confidence, percentage points
+# Height losses are fractions of the healthy height: every feature lies in [-1, 1] (real ones in about
+# -0.2..0.7). A grader file is checked over this box on load, and train-grader refuses values outside it.
+FEATURE_BOUND = 1.0
+# Largest |decision value| (SVM and calibration) a grader file may reach over the feature box; fitted
+# graders stay below about 1e3. Beyond this the coefficients are damaged, not fitted, and near-infinite
+# values would turn the probabilities into NaN (a grade 0 with no confidence).
+MAX_DECISION = 1e6
 FORMAT = "healthivert-svm-grader"
 VERSION = 1
 CV_SEED = 0
@@ -300,7 +307,9 @@ class SVMGrader:
 
     def predict_proba(self, X: Any) -> np.ndarray:
         """Calibrated probabilities (n, 4) of grades 0-3; 0 for grades absent from training."""
-        decision = self.decision_function(X)
+        return self._proba(self.decision_function(X))
+
+    def _proba(self, decision: np.ndarray) -> np.ndarray:
         proba = _logistic_proba(decision, self.calibration_coef_, self.calibration_intercept_)
         out = np.zeros((decision.shape[0], len(GRADES)))
         out[:, self.calibration_classes_] = proba
@@ -311,12 +320,30 @@ class SVMGrader:
 
         The grade is the most probable one under the calibration of the SVM's decision values,
         so the reported grade and its confidence never contradict each other; near a boundary it
-        can differ from the raw one-vs-one vote (``predict``).
+        can differ from the raw one-vs-one vote (``predict``). A decision value or probability that
+        is not finite raises HealthiVertError instead of a grade.
         """
         x = feature_vector(measured, self.features)
-        proba = self.predict_proba(x)[0]
+        decision = self.decision_function(x)
+        proba = self._proba(decision)[0] if np.all(np.isfinite(decision)) else np.full(len(GRADES), np.nan)
+        if not np.all(np.isfinite(proba)):
+            raise HealthiVertError(
+                f"the grader's decision values for the losses {np.round(x, 4).tolist()} are not finite: its "
+                "coefficients are unusable; refit it (healthivert train-grader) or use the default grader"
+            )
         grade = int(np.argmax(proba))
         return grade, float(proba[grade]), [float(v) for v in proba]
+
+    def decision_bound(self) -> float:
+        """Largest |value| the SVM decisions and their calibration can take for features in
+        [-FEATURE_BOUND, FEATURE_BOUND] (linear, so exact per decision: |b| + sum |w_i| max|x_i|); inf on overflow."""
+        self._check_fitted()
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            reach = np.maximum(np.abs(-FEATURE_BOUND - self.scaler_mean_), np.abs(FEATURE_BOUND - self.scaler_mean_))
+            decision = np.abs(self.intercept_) + np.abs(self.coef_) @ (reach / self.scaler_scale_)
+            calibrated = np.abs(self.calibration_intercept_) + np.abs(self.calibration_coef_) @ decision
+            bound = max(float(decision.max()), float(calibrated.max()))
+        return bound if np.isfinite(bound) else float("inf")
 
     # ------------------------------------------------------------------ serialisation
 
@@ -386,6 +413,12 @@ class SVMGrader:
         g.calibration_classes_ = np.asarray(cal_classes, dtype=int)
         g.calibration_coef_ = _array(cal.get("coef"), (n_rows, n_pairs), "calibration.coef")
         g.calibration_intercept_ = _array(cal.get("intercept"), (n_rows,), "calibration.intercept")
+        reach = g.decision_bound()
+        if not reach <= MAX_DECISION:
+            raise ValueError(
+                f"its decision values reach {reach:.3g} for losses in [-{FEATURE_BOUND:g}, {FEATURE_BOUND:g}] "
+                f"(a fitted grader stays far below {MAX_DECISION:g}): the coefficients are not those of a fitted grader"
+            )
         training = d.get("training", {})
         g.training = dict(training) if isinstance(training, Mapping) else {}
         return g

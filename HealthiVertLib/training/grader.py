@@ -18,7 +18,9 @@ import numpy as np
 
 from ..errors import HealthiVertError
 from ..io.grades import read_grade_file
-from ..measure.grading import ALLOWED_FEATURES, FEATURES, GRADES, SVMGrader, THIRD_NAMES, feature_vector, finite_float
+from ..measure.grading import (
+    ALLOWED_FEATURES, FEATURE_BOUND, FEATURES, GRADES, SVMGrader, THIRD_NAMES, feature_vector, finite_float,
+)
 
 
 # ------------------------------------------------------------------------- training from tables
@@ -73,6 +75,12 @@ def _collect_rows(
             if grade is None:
                 skipped["no_grade"] += 1
                 continue
+            outside = [(f, v) for f, v in zip(features, values) if abs(v) > FEATURE_BOUND]
+            if outside:
+                raise HealthiVertError(
+                    f"feature table {path} line {n}: {outside[0][0]} is {outside[0][1]:g}, not a height loss "
+                    f"(a fraction from -{FEATURE_BOUND:g} to {FEATURE_BOUND:g}); fix or remove that row"
+                )
             if case and label is not None:
                 if (case, label) in seen:  # the same table given twice, or a case in two tables
                     skipped["duplicate"] += 1
@@ -110,7 +118,8 @@ def train_from_tables(
     """Fit an :class:`SVMGrader` on feature tables (CSV), save it to ``out``; return a summary.
 
     Rows whose ``status`` is not "graded", with empty features, or without a grade are skipped and
-    counted; so is a repeat of a vertebra (same ``case`` and ``verse_label``) already counted.
+    counted; so is a repeat of a vertebra (same ``case`` and ``verse_label``) already counted. A
+    feature outside [-1, 1] (not a height loss: a damaged table) is an error naming the row.
     Grades come from ``grade_file`` (keyed by ``case`` and ``verse_label``) when given, else from
     the ``grade`` column. Cross-validation groups vertebrae by ``case`` (the subject).
     """
