@@ -228,7 +228,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
           f"(per grade: {summary['n_per_grade']}); skipped: {summary['skipped']}.")
     if cv:
         print(f"Cross-validated by subject: macro-F1 {cv.get('macro_f1', float('nan')):.3f}, "
-              f"quadratic kappa {cv.get('quadratic_kappa', float('nan')):.3f}.")
+              f"quadratic kappa {cv.get('quadratic_weighted_kappa', float('nan')):.3f}.")
     print(f"Grader written to {args.out}")
     return 0
 
@@ -359,7 +359,7 @@ def _add_train_generator(sub) -> None:
     p.add_argument("--resume", default=None, metavar="CHECKPOINT",
                    help="continue from a checkpoint (file, or a folder holding checkpoint.safetensors).")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default).")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default 0).")
+    p.add_argument("--seed", type=non_negative_int, default=0, help="random seed, 0 or more (default 0).")
     p.add_argument("--ngf", type=int, default=8, help="generator width (reference 16; default 8).")
     p.add_argument("--ndf", type=int, default=16, help="discriminator width (reference 64; default 16).")
     _add_slice_options(p)
@@ -373,6 +373,9 @@ def _add_train_generator(sub) -> None:
 
 
 def _cmd_train_generator(args: argparse.Namespace) -> int:
+    from ..io.files import check_output_dir
+
+    check_output_dir(args.out)  # before any computing
     try:
         from ..training.generator import TrainOptions, train
     except ImportError as err:
@@ -409,13 +412,16 @@ def _add_train_hgam(sub) -> None:
     p.add_argument("--batch-size", type=int, default=32, help="slices per step (default 32).")
     p.add_argument("--lr", type=float, default=2e-3, help="Adam learning rate (default 2e-3).")
     _add_slice_options(p, same_as=", as the generator's")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default 0).")
+    p.add_argument("--seed", type=non_negative_int, default=0, help="random seed, 0 or more (default 0).")
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: PyTorch's).")
     p.add_argument("--progress", default="bar", choices=["bar", "none"], help="progress display.")
     p.set_defaults(func=_cmd_train_hgam)
 
 
 def _cmd_train_hgam(args: argparse.Namespace) -> int:
+    from ..io.files import check_output_dir
+
+    check_output_dir(args.out)  # before any computing
     try:
         import torch
 
