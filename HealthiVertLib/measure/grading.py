@@ -324,11 +324,12 @@ class SVMGrader:
         is not finite raises HealthiVertError instead of a grade.
         """
         x = feature_vector(measured, self.features)
-        decision = self.decision_function(x)
-        proba = self._proba(decision)[0] if np.all(np.isfinite(decision)) else np.full(len(GRADES), np.nan)
+        with np.errstate(over="ignore", invalid="ignore"):
+            decision = self.decision_function(x)
+            proba = self._proba(decision)[0] if np.all(np.isfinite(decision)) else np.full(len(GRADES), np.nan)
         if not np.all(np.isfinite(proba)):
             raise HealthiVertError(
-                f"the grader's decision values for the losses {np.round(x, 4).tolist()} are not finite: its "
+                f"the grader's decision values for the losses ({', '.join(f'{v:.4g}' for v in x)}) are not finite: its "
                 "coefficients are unusable; refit it (healthivert train-grader) or use the default grader"
             )
         grade = int(np.argmax(proba))
