@@ -153,6 +153,10 @@ def _add_case_options(p: argparse.ArgumentParser) -> None:
                    help="grader parameters written by 'healthivert train-grader'. Default: the bundled "
                    "grader (see HealthiVertLib/data/grader_default.md for what it was fitted on).")
     p.add_argument("--no-figures", action="store_true", help="skip the PNG figures (faster).")
+    p.add_argument("--no-qc", action="store_true",
+                   help="grade vertebrae whose labels fail the mask quality check (split, box-filled, merged, "
+                   "numbering out of order) instead of reporting them as implausible_mask; the report then "
+                   "carries a warning. For looking at a doubtful segmentation, not for screening.")
     p.add_argument("--progress", default="bar", choices=["bar", "lines", "none"],
                    help="progress display: a bar on the terminal, machine-readable lines "
                    f"'{PROGRESS_PREFIX} <percent> <message>' on stdout (used by the Slicer module), or none.")
@@ -241,7 +245,8 @@ def _grade_and_write(seg, ct, subregions, vertebrae, out, args, name=None) -> in
     result = grade_case(case, vertebrae, engine=make_engine(args), grader=grader,
                         progress=lambda f, m: progress(0.05 + 0.8 * f, m),
                         grader_name=f"SVM from {Path(args.grader).name}" if grader else None,
-                        counterfactuals=getattr(args, "counterfactuals", False))
+                        counterfactuals=getattr(args, "counterfactuals", False),
+                        qc=not getattr(args, "no_qc", False))
     progress(0.9, "writing outputs")
     t = time.perf_counter()
     result.timing_s = {"load": load_s, **result.timing_s}

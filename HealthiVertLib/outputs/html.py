@@ -75,7 +75,7 @@ def summary_html(result: CaseResult) -> str:
         rows.append(
             [_e(v.level), _e(v.status), _grade_chip(v.grade), "—" if conf is None else _e(f"{conf:.2f}")]
             + [_e(fmt_pct(get_path(v.rhlv, r))) for r in REGIONS]
-            + [_e(fmt_float(v.abnormality_score, 1) or "—"), _e(v.reason)]
+            + [_e(fmt_float(v.abnormality_score, 1) or "—"), _e("; ".join(filter(None, [v.reason, *v.warnings])))]
         )
     return _table(header, rows, numeric={3, 4, 5, 6, 7, 8})
 
@@ -121,6 +121,7 @@ def _vertebra_section(v: VertebraResult, figs: dict[str, Path] | None, out_dir: 
     parts = [head]
     if v.reason:
         parts.append(f'<p class="meta">{_e(v.reason)}</p>')
+    parts.extend(f'<div class="notice">Warning: {_e(w)}</div>' for w in v.warnings)
     parts.append(_measure_html(v))
     if figs:
         imgs = []
@@ -170,6 +171,7 @@ def index_html(result: CaseResult, files: dict[str, Path], figs: dict[int, dict[
 <body>
 <h1>{_e(title)}</h1>
 <div class="notice">{_e(NOTICE)}</div>
+{"".join(f'<div class="notice">Warning: {_e(w)}</div>' for w in result.warnings)}
 <p class="meta">Engine: <b>{_e(result.engine)}</b> · Grader: <b>{_e(result.grader)}</b> ·
 Label scheme: {_e(result.label_scheme)} · HealthiVert {_e(__version__)}</p>
 <p class="meta">RHLV = (H<sub>pseudo-healthy</sub> − H<sub>original</sub>) / H<sub>pseudo-healthy</sub>;

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from ..measure.heights import REGIONS
-from ..pipeline.records import CaseResult, VertebraResult
+from ..pipeline.records import IMPLAUSIBLE_MASK, CaseResult, VertebraResult
 from ..measure.points import POINTS
 
 
@@ -56,6 +56,7 @@ CSV_COLUMNS: tuple[str, ...] = (
     "ratio_min_max",
     "ratio_to_neighbours",
     "reason",
+    "warnings",
 )
 
 
@@ -128,6 +129,7 @@ def _vertebra_row(case: str, v: VertebraResult) -> dict[str, Any]:
         "ratio_min_max": finite(get_path(v.ratios, "min_max")),
         "ratio_to_neighbours": finite(get_path(v.ratios, "to_neighbours")),
         "reason": v.reason,
+        "warnings": "; ".join(v.warnings) or None,
     }
     for r in REGIONS:
         row[f"rhlv_{r}"] = finite(get_path(v.rhlv, r))
@@ -183,4 +185,7 @@ def summary_table(result: CaseResult) -> str:
         return "  ".join(left + right).rstrip()
 
     sep = "  ".join("-" * w for w in widths)
-    return "\n".join([line(rows[0]), sep, *(line(r) for r in rows[1:])])
+    notes = [f"Warning: {w}" for w in result.warnings]
+    notes += [f"{v.level}: {v.reason}" for v in result.vertebrae if v.status == IMPLAUSIBLE_MASK]
+    notes += [f"Warning, {v.level}: {w}" for v in result.vertebrae for w in v.warnings]
+    return "\n".join([line(rows[0]), sep, *(line(r) for r in rows[1:]), *(["", *notes] if notes else [])])

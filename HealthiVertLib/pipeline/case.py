@@ -26,7 +26,8 @@ from ..measure.counterfactuals import CounterfactualSeries
 from ..measure.graders import Grader, load_default_grader
 from ..measure.grading import genant_rule, grading_inputs
 from ..measure.heights import HeightMeasurement, measure
-from .records import FAILED, INCOMPLETE, NO_CONTEXT, UNSUPPORTED, CaseResult, VertebraResult
+from ..measure.qc import MaskQC, check_masks
+from .records import FAILED, IMPLAUSIBLE_MASK, INCOMPLETE, NO_CONTEXT, UNSUPPORTED, CaseResult, VertebraResult
 from .volumes import VolumeWriter, vertebra_views
 
 Progress = Callable[[float, str], None]
@@ -46,12 +47,15 @@ def grade_case(
     volumes: bool = True,
     grader_name: str | None = None,
     counterfactuals: bool = False,
+    qc: bool = True,
 ) -> CaseResult:
     """Grade the requested vertebrae (all gradable ones when ``vertebrae`` is None).
 
-    Vertebrae cut by the field of view, without usable neighbours, or outside T1-L6 are reported
-    with a status and a reason instead of a grade. ``counterfactuals``: also each graded vertebra
-    as it would look at grade 0-3 (``measure.counterfactuals.CounterfactualSeries``).
+    Vertebrae cut by the field of view, without usable neighbours, with an implausible label
+    (``measure.qc``) or outside T1-L6 are reported with a status and a reason instead of a grade;
+    a numbering that does not fit the anatomy is refused (HealthiVertError). ``qc=False`` grades
+    them anyway, with warnings in the result. ``counterfactuals``: also each graded vertebra as it
+    would look at grade 0-3 (``measure.counterfactuals.CounterfactualSeries``).
     """
     progress = progress or (lambda fraction, message: None)
     timing: dict[str, float] = {}
@@ -63,7 +67,10 @@ def grade_case(
         grader, grader_name = load_default_grader(), DEFAULT_GRADER_NAME
     levels = spine_levels(case)
     targets = resolve_targets(levels, vertebrae)
-    bodies = SpineBodies(case, levels)
+    mask_qc = check_masks(case.seg, levels)
+    warnings = _qc_warnings(mask_qc, case, qc)
+    trusted = [v for v in levels if not qc or v.label not in mask_qc.findings]
+    bodies = SpineBodies(case, trusted or levels)
     timing["geometry"] = time.perf_counter() - t0
     ct_ijk = array_ijk(case.ct) if case.ct is not None else None
     out = VolumeWriter(case.seg) if volumes else None
@@ -71,7 +78,12 @@ def grade_case(
     results = []
     for k, target in enumerate(targets):
         progress(k / max(len(targets), 1), f"{target.level}: measuring")
-        results.append(_grade_one(target, levels, bodies, engine, grader, case, ct_ijk, out, timing, cf))
+        if qc and (finding := mask_qc.reason(target.label)):
+            results.append(_implausible(target, finding))
+            continue
+        result = _grade_one(target, trusted, bodies, engine, grader, case, ct_ijk, out, timing, cf)
+        _note_qc(result, target, levels, mask_qc, qc, getattr(engine, "context_levels", CONTEXT_LEVELS))
+        results.append(result)
     progress(1.0, "done")
     result = CaseResult(
         case=case.name,
@@ -81,6 +93,7 @@ def grade_case(
         vertebrae=results,
         inputs=dict(case.paths),
         timing_s=timing,
+        warnings=warnings,
     )
     if out is not None:
         t = time.perf_counter()
@@ -91,6 +104,41 @@ def grade_case(
         _add(timing, "volumes", time.perf_counter() - t)
     timing["total"] = time.perf_counter() - t0
     return result
+
+
+def _qc_warnings(mask_qc: MaskQC, case: Case, qc: bool) -> list[str]:
+    """Refuse a numbering that does not fit the anatomy, or (``qc`` off) the case's warnings."""
+    if mask_qc.numbering and qc:
+        raise HealthiVertError(
+            f"The vertebra numbering ({case.scheme.name}) does not fit the label map: {mask_qc.numbering}. "
+            "Check --labels (or the segmentation), or pass --no-qc to grade anyway."
+        )
+    if qc:
+        return []
+    warnings = ["mask quality checks skipped (--no-qc): grades of vertebrae with implausible labels are shown"]
+    if mask_qc.numbering:
+        warnings.append(f"the vertebra numbering does not fit the label map: {mask_qc.numbering}")
+    return warnings
+
+
+def _implausible(target: SpineLevel, finding: str) -> VertebraResult:
+    return VertebraResult(level=target.level, label=target.label, verse_label=lab.verse_label(target.level),
+                          status=IMPLAUSIBLE_MASK, reason=f"implausible mask: {finding}")
+
+
+def _note_qc(
+    res: VertebraResult, target: SpineLevel, levels: list[SpineLevel], mask_qc: MaskQC, qc: bool, reach: float
+) -> None:
+    """Record the neighbours within ``reach`` levels left out for an implausible label, or (``qc`` off)
+    the target's own finding."""
+    if not qc:
+        if finding := mask_qc.reason(target.label):
+            res.warnings.append(f"implausible mask, graded anyway (--no-qc): {finding}")
+        return
+    rank = lab.spine_ranks(v.level for v in levels)
+    for v in levels:
+        if (finding := mask_qc.reason(v.label)) and v is not target and abs(rank[v.level] - rank[target.level]) <= reach:
+            res.context.append({"level": v.level, "rejected": f"implausible mask: {finding}"})
 
 
 def _grade_one(

@@ -23,6 +23,7 @@ GRADED = "graded"
 INCOMPLETE = "incomplete"  # cut by the field of view: measured partially, never graded
 NO_CONTEXT = "no_context"  # no usable neighbour to predict its healthy shape
 UNSUPPORTED = "unsupported"  # level outside T1-L6 (cervical, sacral)
+IMPLAUSIBLE_MASK = "implausible_mask"  # its label failed the mask quality check (measure.qc): never graded
 FAILED = "failed"
 
 
@@ -68,6 +69,7 @@ class VertebraResult:
     ratios: dict[str, float | None] | None = None  # reference-free: "min_max", "to_neighbours"
     genant_points_lps: dict[str, list[float]] | None = None  # GENANT_POINTS -> [x, y, z] LPS mm
     context: list[dict[str, Any]] = field(default_factory=list)  # neighbours used: level, weight
+    warnings: list[str] = field(default_factory=list)  # what a reader must know before trusting the grade
     counterfactuals: dict[str, Any] | None = None  # grade -> file, loss, RHLV (measure.counterfactuals.CounterfactualSeries)
     views: VertebraViews | None = None  # not serialised
 
@@ -92,6 +94,7 @@ class VertebraResult:
             "genant_points_lps": self.genant_points_lps,
             "ap_profile": _ap_profile(self.views),
             "context": self.context,
+            "warnings": self.warnings,
             "counterfactuals": self.counterfactuals,
         }
         return jsonable(d)
@@ -119,6 +122,7 @@ class CaseResult:
     vertebrae: list[VertebraResult]
     inputs: dict[str, str | None]
     timing_s: dict[str, float] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)  # about the whole case (e.g. quality checks skipped)
     # volumes on the input grid (SimpleITK images), written by outputs.report.write_outputs
     loss_volume: Any = None
     healthy_label_volume: Any = None
@@ -140,6 +144,7 @@ class CaseResult:
                 "coordinate_system": "LPS",
                 "units": {"heights": "mm", "rhlv": "fraction", "points": "mm"},
                 "inputs": self.inputs,
+                "warnings": self.warnings,
                 "vertebrae": [v.to_dict() for v in self.vertebrae],
                 "timing_s": self.timing_s,
             }
