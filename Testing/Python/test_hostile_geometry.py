@@ -53,12 +53,14 @@ def grade_fails(capfd, tmp_path, inputs, *patterns: str) -> str:
     return err
 
 
-def nifti_with_header(source, path, pixdim=None, sform_code=None):
-    """A copy of a NIfTI-1 file with ``pixdim`` entries ({index: value}) and the sform code replaced."""
+def nifti_with_header(source, path, pixdim=None, sform_code=None, srow=None):
+    """A copy of a NIfTI-1 file with ``pixdim`` and sform entries ({index: value}) and the sform code replaced."""
     raw = bytearray(gzip.decompress(source.read_bytes()))
     assert struct.unpack("<i", raw[:4])[0] == 348
     for index, value in (pixdim or {}).items():
         raw[76 + 4 * index : 80 + 4 * index] = struct.pack("<f", value)
+    for index, value in (srow or {}).items():  # srow_x, srow_y, srow_z: indices 0-3, 4-7, 8-11
+        raw[280 + 4 * index : 284 + 4 * index] = struct.pack("<f", value)
     if sform_code is not None:
         raw[254:256] = struct.pack("<h", sform_code)
     path.write_bytes(gzip.compress(bytes(raw)))
@@ -99,6 +101,12 @@ def test_clinical_spacings_load(tmp_path):
         path = tmp_path / "seg.nii.gz"
         sitk.WriteImage(image, str(path))
         assert read_label_map(path, "vertebra labels").GetSpacing() == pytest.approx(spacing, rel=1e-6)
+
+
+def test_nifti_with_a_sheared_sform_is_refused(tmp_path, capfd):
+    # ITK would drop the sform for the (orthogonal) qform, with only a warning
+    seg = nifti_with_header(SAMPLE_SEG, tmp_path / "seg.nii.gz", srow={6: 1.5, 10: 2.598076})
+    grade_fails(capfd, tmp_path, ["--seg", seg, "--all"], "sheared sform", "axes 2 and 3 meet at 60.0°")
 
 
 def sheared_nrrd(source, path):
