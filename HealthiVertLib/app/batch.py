@@ -54,7 +54,10 @@ def run_batch(args: argparse.Namespace) -> int:
     engine_for(options)  # an engine that cannot be built (missing PyTorch, bad weights) stops here, in one line
     out.mkdir(parents=True, exist_ok=True)
     remove_leftovers(out)
-    workers = batch_workers(args.workers, len(cases), local=dask_address is None or dask_address == "local")
+    local = dask_address is None or dask_address == "local"
+    workers = batch_workers(args.workers, len(cases), local=local)
+    if local and workers > 1:  # the cores shared by the workers: several threads each would oversubscribe them
+        options["threads"] = max(1, _cores() // workers)
 
     rows: dict[str, dict] = {}
     bar = tqdm(total=len(cases), desc="cases", unit="case", bar_format=BAR_FORMAT, disable=args.progress == "none")
@@ -102,11 +105,15 @@ def check_batch_inputs(source: Path, cases: Sequence[CaseFiles], out: Path, opti
 def batch_workers(requested: int, n_cases: int, *, local: bool = True) -> int:
     """Worker processes to start: ``requested`` capped to the number of cases; a warning on stderr when
     more than this machine's CPU cores are asked for (``local``)."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    cores = _cores()
     if local and requested > cores:
         print(f"healthivert: warning: --workers {requested} is more than the {cores} CPU cores of this machine; "
               "the cases will run slower each, not faster together.", file=sys.stderr)
     return max(1, min(requested, n_cases))
+
+
+def _cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 def run_on_pool(cases: Sequence[CaseFiles], out: Path, options: dict, workers: int,

@@ -167,16 +167,35 @@ def remove_leftovers(out_dir: str | Path) -> list[Path]:
 
 def prepare_worker(options: dict, *, own_signals: bool = True) -> None:
     """Ready this process to grade cases: figures drawn here (no process of its own), the engine built
-    once, exit when the parent process dies; with ``own_signals`` (a process-pool worker) Ctrl-C is
-    left to the parent, which stops the workers, and SIGTERM ends the process."""
+    once, exit when the parent process dies, at most ``options["threads"]`` threads in SimpleITK and
+    BLAS (when given: the machine's cores shared by its workers, not oversubscribed); with
+    ``own_signals`` (a process-pool worker) Ctrl-C is left to the parent, which stops the workers, and
+    SIGTERM ends the process."""
     from ..outputs.figures import draw_figures_serially
 
     if own_signals:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
     exit_with_parent(use_prctl=own_signals)
+    if options.get("threads"):
+        limit_threads(options["threads"])
     draw_figures_serially()
     engine_for(options)
+
+
+_THREAD_LIMITS: list = []  # keeps the BLAS limit in force for the life of the process
+
+
+def limit_threads(threads: int) -> None:
+    """Use at most ``threads`` threads in SimpleITK filters and in numpy's BLAS in this process."""
+    import SimpleITK as sitk
+
+    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(threads)
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # scikit-learn brings it; without it BLAS keeps its threads
+        return
+    _THREAD_LIMITS.append(threadpool_limits(limits=threads))
 
 
 def exit_with_parent(*, use_prctl: bool = True) -> None:
