@@ -2,7 +2,8 @@
 
 ``cli``: the command and the subcommands a radiologist's work runs through (grade, demo,
 batch); ``research``: simulate, bench, train-*; ``options``: engine
-choice from the command line; ``batch``: many cases in worker processes, resumable;
+choice from the command line; ``batch``: a cohort in worker processes or on dask, resumable
+exactly; ``casework``: one case of a batch, the same for every executor; ``cluster``: dask.distributed;
 ``background``: runs ``healthivert grade`` as a child process with progress and Cancel for a GUI
 (the Slicer module). Nothing in the core imports this package.
 """
