@@ -207,7 +207,7 @@ def table_rows(report: Mapping[str, Any]) -> list[dict[str, Any]]:
             "Confidence": 100.0 * _finite(v.get("confidence")),
             "Abnormality score": _finite(v.get("abnormality_score")),
             "Genant rule grade": -1 if rule is None else int(rule),
-            "Reason": str(v.get("reason") or ""),
+            "Reason": "; ".join(str(x) for x in [v.get("reason"), *(v.get("warnings") or [])] if x),
         }
         for region in REGIONS:
             row[f"RHLV {region}"] = 100.0 * _finite(rhlv.get(region))
