@@ -77,6 +77,7 @@ def run_batch(args: argparse.Namespace) -> int:
         write_cohort(out, [rows.get(c.folder) or row(c, "interrupted") for c in cases])
         raise
     bar.close()
+    remove_leftovers(out)  # every task has ended; a worker killed on the way left its temporary folder
     ordered = [rows[c.folder] for c in cases]
     write_cohort(out, ordered)
     _print_summary(ordered, out)
@@ -118,23 +119,41 @@ def _cores() -> int:
 
 def run_on_pool(cases: Sequence[CaseFiles], out: Path, options: dict, workers: int,
                 on_row: Callable[[dict], None]) -> None:
-    """Grade ``cases`` in a pool of ``workers`` processes, ``on_row`` called as each case ends. An
-    interruption (KeyboardInterrupt, SIGTERM) terminates the workers before it propagates."""
+    """Grade ``cases`` in a pool of ``workers`` processes, ``on_row`` called as each case ends. A worker
+    that dies (killed, out of memory) breaks the pool: the cases it left unfinished go to a new pool,
+    once; a case left unfinished by a second broken pool is ``failed``. An interruption
+    (KeyboardInterrupt, SIGTERM) terminates the workers before it propagates."""
     from concurrent.futures import ProcessPoolExecutor, as_completed
+    from concurrent.futures.process import BrokenProcessPool
 
-    pool = ProcessPoolExecutor(max_workers=workers, initializer=prepare_worker, initargs=(options,))
-    try:
-        futures = {pool.submit(process_case, c, str(out), options): c for c in cases}
-        for future in as_completed(futures):
-            try:
-                result = future.result()
-            except Exception as err:  # noqa: BLE001 - a worker died (out of memory, killed): the others go on
-                result = row(futures[future], "failed", 0, "", f"worker process died: {err!r}")
-            on_row(result)
-    except BaseException:
-        stop_pool(pool)
-        raise
-    pool.shutdown()
+    todo = list(cases)
+    tries: dict[str, int] = {}
+    while todo:
+        pool = ProcessPoolExecutor(max_workers=min(workers, len(todo)), initializer=prepare_worker,
+                                   initargs=(options,))
+        broken: list[tuple[CaseFiles, BaseException]] = []
+        try:
+            futures = {pool.submit(process_case, c, str(out), options): c for c in todo}
+            for future in as_completed(futures):
+                try:
+                    on_row(future.result())
+                except BrokenProcessPool as err:
+                    broken.append((futures[future], err))
+                except Exception as err:  # noqa: BLE001 - the case could not reach or leave its worker
+                    on_row(row(futures[future], "failed", 0, "", f"internal error: {err!r}"))
+        except BaseException:
+            stop_pool(pool)
+            raise
+        pool.shutdown()
+        if broken:
+            remove_leftovers(out)  # every worker of a broken pool has ended: its temporary folders are orphans
+        todo = []
+        for case, err in broken:
+            tries[case.folder] = tries.get(case.folder, 0) + 1
+            if tries[case.folder] < 2:
+                todo.append(case)
+            else:
+                on_row(row(case, "failed", 0, "", f"a worker process died while grading it, twice: {err}"))
 
 
 def stop_pool(pool) -> None:

@@ -188,6 +188,27 @@ def test_sigkill_then_resume_equals_an_uninterrupted_run_and_leaves_no_worker(tm
     assert not any(p.name.startswith(".") for p in out.iterdir())
 
 
+def test_a_killed_worker_s_cases_go_to_a_new_pool(tmp_path):
+    manifest = _manifest(tmp_path, ["c0", "c1", "c2", "c3"])
+    out = tmp_path / "out"
+    child = subprocess.Popen(_batch_command(manifest, out, 2), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while len(list(out.glob(".partial-*"))) < 2 and time.monotonic() < deadline:  # both workers are grading
+            time.sleep(0.05)
+        workers = [p for p in _descendants(child.pid) if "resource_tracker" not in " ".join(p.cmdline())]
+        assert workers
+        workers[0].kill()  # as the out-of-memory killer would
+        _, err = child.communicate(timeout=180)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+    assert child.returncode == 0, err
+    assert {r["status"] for r in _cases(out).values()} == {"done"}
+    assert not any(p.name.startswith(".") for p in out.iterdir())
+
+
 @pytest.mark.parametrize("signum, status", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
 def test_signal_stops_the_pool_marks_the_rest_interrupted_and_leaves_no_process(tmp_path, signum, status):
     manifest = _manifest(tmp_path, ["c0", "c1", "c2", "c3", "c4"])
