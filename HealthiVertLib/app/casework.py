@@ -20,9 +20,7 @@ import os
 import re
 import shutil
 import signal
-import sys
 import tempfile
-import threading
 import time
 import traceback
 from pathlib import Path
@@ -30,12 +28,12 @@ from pathlib import Path
 from ..errors import HealthiVertError
 from ..io.discover import CaseFiles
 from ..io.files import check_inside, write_text_atomic
+from ..processes import exit_with_parent
 
 PARTIAL_PREFIX = ".partial-"
 OLD_PREFIX = ".old-"
 _LEFTOVER = re.compile(r"\.(?:partial|old)-.+")
 _ENGINES: dict[tuple, object] = {}  # per process: an engine is built (its weights loaded) once, not per case
-_PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
 def file_sha256(path: str | os.PathLike) -> str:
@@ -196,25 +194,3 @@ def limit_threads(threads: int) -> None:
     except ImportError:  # scikit-learn brings it; without it BLAS keeps its threads
         return
     _THREAD_LIMITS.append(threadpool_limits(limits=threads))
-
-
-def exit_with_parent(*, use_prctl: bool = True) -> None:
-    """End this process when its parent dies (even of SIGKILL): on Linux the kernel sends SIGKILL
-    (``prctl(PR_SET_PDEATHSIG)``, with ``use_prctl``: only for a child of the parent's main thread), and
-    everywhere a daemon thread checks the parent id every second."""
-    parent = os.getppid()
-    if use_prctl and sys.platform.startswith("linux"):
-        import ctypes
-
-        try:
-            ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
-        except (OSError, AttributeError):
-            pass
-    threading.Thread(target=_watch_parent, args=(parent,), name="healthivert-parent-watch", daemon=True).start()
-
-
-def _watch_parent(parent: int) -> None:
-    while True:
-        time.sleep(1.0)
-        if os.getppid() != parent:
-            os._exit(1)

@@ -19,6 +19,7 @@ import numpy as np
 from ..io.files import write_bytes_atomic
 from ..measure.heights import GENANT_POINTS
 from ..pipeline.records import CaseResult, VertebraResult, VertebraViews
+from ..processes import exit_with_parent
 from .tables import finite, fmt_pct, get_path
 
 
@@ -442,5 +443,5 @@ def draw_all(jobs: list[tuple[str, VertebraResult]]) -> Iterable[bytes]:
         return [draw_figure(job) for job in jobs]
     from concurrent.futures import ProcessPoolExecutor
 
-    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"), initializer=exit_with_parent) as pool:
         return list(pool.map(draw_figure, jobs))

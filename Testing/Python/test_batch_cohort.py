@@ -236,6 +236,28 @@ def test_signal_stops_the_pool_marks_the_rest_interrupted_and_leaves_no_process(
     assert not any(p.name.startswith(".") for p in out.iterdir())
 
 
+def test_sigkilled_grade_leaves_no_figure_process(tmp_path):
+    from conftest import SAMPLE_CT
+
+    cmd = [sys.executable, "-m", "HealthiVertLib.app.cli", "grade", "--seg", str(SAMPLE_SEG), "--ct", str(SAMPLE_CT),
+           "--all", "--out", str(tmp_path / "out"), "--progress", "none"]
+    child = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline, drawing = time.monotonic() + 120, []
+        while not drawing and child.poll() is None and time.monotonic() < deadline:
+            drawing = [p for p in _descendants(child.pid) if "resource_tracker" not in " ".join(p.cmdline())]
+            time.sleep(0.02)
+        if not drawing:
+            pytest.skip("figures were drawn in the grading process itself (one core or no fork)")
+        child.kill()
+        child.wait(30)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+    assert not _gone(drawing), "figure-drawing processes outlived their SIGKILLed parent"
+
+
 # ----------------------------------------------------------------------------- dask and the cohort files
 
 
