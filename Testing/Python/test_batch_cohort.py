@@ -301,3 +301,31 @@ def html_escaped(text: str) -> str:
     import html
 
     return html.escape(text)
+
+
+def test_dask_case_whose_worker_dies_is_retried(tmp_path):
+    import os
+    import threading
+
+    distributed = pytest.importorskip("distributed")
+    manifest = _manifest(tmp_path, ["c0", "c1"])
+    out = tmp_path / "out"
+    killed: list[int] = []
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=True, host="127.0.0.1",
+                                  dashboard_address=None) as cluster, distributed.Client(cluster) as client:
+        (pid,) = client.run(os.getpid).values()
+
+        def kill_when_grading() -> None:
+            deadline = time.monotonic() + 120
+            while not list(out.glob(".partial-*")) and time.monotonic() < deadline:
+                time.sleep(0.02)
+            os.kill(pid, signal.SIGKILL)
+            killed.append(pid)
+
+        killer = threading.Thread(target=kill_when_grading, daemon=True)
+        killer.start()
+        assert run("batch", manifest, "--out", out, "--dask", cluster.scheduler_address, *QUICK) == 0
+        killer.join(5)
+    assert killed
+    assert {r["status"] for r in _cases(out).values()} == {"done"}
+    assert not any(p.name.startswith(".") for p in out.iterdir())
