@@ -281,9 +281,11 @@ def test_dask_against_a_real_scheduler_gives_the_process_pool_results(tmp_path, 
         address = cluster.scheduler_address
         assert address.startswith("tcp://127.0.0.1:")
         assert run("batch", src, "--out", dask_out, "--dask", address, "--vertebra", "L2", "L3", *QUICK) == 3
+    local_out = tmp_path / "dask_local"  # --dask without an address: a LocalCluster of its own
+    assert run("batch", src, "--out", local_out, "--dask", "--workers", "1", "--vertebra", "L2", "L3", *QUICK) == 3
     keep = ("case", "folder", "status", "graded", "error")
-    rows = [[{k: r[k] for k in keep} for r in _cases(out).values()] for out in (pool_out, dask_out)]
-    assert rows[0] == rows[1]
+    rows = [[{k: r[k] for k in keep} for r in _cases(out).values()] for out in (pool_out, dask_out, local_out)]
+    assert rows[0] == rows[1] == rows[2]
     assert [r["status"] for r in rows[0]] == ["done", "done", "failed"]
     for case in ("alpha", "beta"):
         _assert_same_outputs(pool_out / case, dask_out / case)
