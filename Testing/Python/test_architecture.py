@@ -22,6 +22,8 @@ MODULE_LEVEL_HOMES = {
     "sklearn": (),
     "slicer": ("scene/",),
     "vtk": ("scene/",),
+    "pydicom": (),
+    "highdicom": (),
 }
 
 
