@@ -4,8 +4,9 @@ The only core package that imports ``slicer`` (MRML) and ``vtk``; it never impor
 in the Slicer application and, for the tests, with the PyPI package ``slicer-core``. ``volumes``:
 geometry, volume nodes, the height-loss overlay; ``segmentations``: vertebra labels to and from
 segmentation nodes with SNOMED CT terminology; ``results``: the result nodes of a run (volumes,
-segmentations, table, Genant markups, AP plot) and their removal. Coordinates: MRML in RAS,
-images and ``report.json`` in LPS millimetres.
+segmentations, table, Genant markups, AP plot) and their removal; ``slice_views``: the slice
+views' composited image read from Slicer's own slice pipeline (``vtkMRMLSliceLogic``) without
+rendering. Coordinates: MRML in RAS, images and ``report.json`` in LPS millimetres.
 """
 
 from .results import (
@@ -36,6 +37,7 @@ from .segmentations import (
     terminology_string,
     vertebra_labels,
 )
+from .slice_views import SLICE_VIEWS, SliceImage, add_slice_views, center_views, composited_slice, slice_logics
 from .volumes import (
     HEAT_COLOR_NODE_IDS,
     PSEUDO_HEALTHY_CT_FILE,
@@ -51,10 +53,11 @@ from .volumes import (
 
 __all__ = [
     "GRADE_COLORS", "GRADE_NAMES", "HEAT_COLOR_NODE_IDS", "OUTPUT_ATTRIBUTE", "PSEUDO_HEALTHY_CT_FILE",
-    "REFERENCE_ATTRIBUTE", "TABLE_COLUMNS", "TYPE_CONTEXT", "VERTEBRA_SCT", "LabelInput", "ResultNodes",
-    "StandaloneScene", "fill_table", "grades_summary", "ijk_to_ras", "image_to_volume", "label_at_point",
+    "REFERENCE_ATTRIBUTE", "SLICE_VIEWS", "TABLE_COLUMNS", "TYPE_CONTEXT", "VERTEBRA_SCT", "LabelInput",
+    "ResultNodes", "SliceImage", "StandaloneScene", "add_slice_views", "center_views", "composited_slice",
+    "fill_table", "grades_summary", "ijk_to_ras", "image_to_volume", "label_at_point",
     "level_from_terminology", "markups_point_ras", "output_folders", "output_nodes", "remove_outputs",
     "same_geometry", "segment_level", "segmentation_to_labels", "segments_by_level", "set_geometry_from_ijk_to_ras",
-    "show_overlay", "show_results", "subregion_labels", "table_rows", "terminology_string", "vertebra_labels",
-    "volume_to_image",
+    "show_overlay", "show_results", "slice_logics", "subregion_labels", "table_rows", "terminology_string",
+    "vertebra_labels", "volume_to_image",
 ]

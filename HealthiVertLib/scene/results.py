@@ -28,6 +28,7 @@ import slicer
 from ..errors import HealthiVertError
 from ..measure.heights import GENANT_POINTS, REGIONS
 from .segmentations import segmentation_from_labels, segments_by_level, set_segment_color
+from .slice_views import add_slice_views
 from .volumes import OVERLAY_OPACITY, PSEUDO_HEALTHY_CT_FILE, image_to_volume, read_image_file, set_height_loss_display, show_overlay
 
 
@@ -429,9 +430,9 @@ def grades_summary(report: Mapping[str, Any]) -> list[str]:
 
 class StandaloneScene:
     """A MRML scene with the logics the Slicer application attaches to it (colours, volumes,
-    segmentations, markups, subject hierarchy, tables, plots, three slice views), for use without
-    the application: scripts and tests with the PyPI package slicer-core. In Slicer, use
-    ``slicer.mrmlScene``."""
+    segmentations, markups, subject hierarchy, tables, plots, three slice views: Red axial, Yellow
+    sagittal, Green coronal), for use without the application: scripts and tests with the PyPI
+    package slicer-core. In Slicer, use ``slicer.mrmlScene``."""
 
     LOGICS = (
         ("Volumes", "vtkSlicerVolumesLogic"),
@@ -457,12 +458,7 @@ class StandaloneScene:
             logic.SetMRMLScene(self.scene)
             self.app.SetModuleLogic(name, logic)
             self.logics.append(logic)
-        for view in slice_views:
-            slice_logic = slicer.vtkMRMLSliceLogic()
-            slice_logic.SetMRMLApplicationLogic(self.app)
-            slice_logic.SetMRMLScene(self.scene)
-            slice_logic.AddSliceNode(view)
-            self.logics.append(slice_logic)
+        self.logics += add_slice_views(self.scene, self.app, slice_views)
         self.sh = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(self.scene)
 
     def read_volume(self, path: str | Path, labelmap: bool = False, name: str | None = None):
