@@ -1,7 +1,8 @@
 """Outputs of one graded case: report.json, report.csv, volumes, figures and index.html.
 
 :func:`write_outputs` is the one entry point; it writes every file atomically
-(``io.files.atomic_output``) and returns their paths. The completion marker
+(``io.files.atomic_output``) and returns their paths; with ``dicom=`` (the source CT series of a DICOM
+input) also the DICOM SEG, SR and parametric map of ``outputs.dicom`` into ``dicom/``. The completion marker
 (``COMPLETE_MARKER``) is written last: a folder without it is not a finished result (interrupted,
 disk full). Before writing, the outputs of an earlier run in the same folder are removed
 (:func:`remove_previous_outputs`), only files HealthiVert writes, never a file of the user.
@@ -16,8 +17,10 @@ from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
 
 from .. import __version__
+from ..io.dicom import DicomSeries
 from ..io.files import write_text_atomic
 from ..pipeline.records import CaseResult
+from .dicom import DICOM_DIR, is_dicom_output_name, write_dicom
 from .figures import FIGURES_DIR, is_figure_name, render_figures
 from .html import index_html
 from .tables import csv_text, json_text
@@ -34,8 +37,11 @@ _TEMPORARY = re.compile(r"\.(?P<stem>[^.]+)-[a-z0-9_]{8}(?P<suffix>(?:\.[A-Za-z0
 
 
 def write_outputs(result: CaseResult, out_dir: str | Path, *, figures: bool = True,
-                  provenance: dict | None = None) -> dict[str, Path]:
+                  provenance: dict | None = None, dicom: DicomSeries | None = None) -> dict[str, Path]:
     """Write every output of ``result`` into ``out_dir``; return file name (relative path) -> path.
+
+    With ``dicom`` (the CT series the result was graded on, ``Case.dicom["ct"]``) the DICOM objects of
+    ``outputs.dicom`` are written into ``out_dir/dicom/`` too, and listed in the marker.
 
     The outputs of an earlier run in ``out_dir`` are removed first (its marker before anything
     else), and ``COMPLETE_MARKER`` is written after every other file, with ``provenance`` (what the
@@ -51,6 +57,8 @@ def write_outputs(result: CaseResult, out_dir: str | Path, *, figures: bool = Tr
     files["report.csv"] = out_dir / "report.csv"
     write_text_atomic(files["report.csv"], csv_text(result))
     files.update(write_volumes(result, out_dir))
+    if dicom is not None:
+        files.update(write_dicom(result, dicom, out_dir))
 
     figs = render_figures(result, out_dir) if figures else {}
     for paths in figs.values():
@@ -106,6 +114,8 @@ def is_output_name(name: str) -> bool:
     parts = PurePosixPath(name).parts
     if len(parts) == 2 and parts[0] == FIGURES_DIR:
         return is_figure_name(parts[1]) or _is_temporary(parts[1], is_figure_name)
+    if len(parts) == 2 and parts[0] == DICOM_DIR:
+        return is_dicom_output_name(parts[1]) or _is_temporary(parts[1], is_dicom_output_name)
     if len(parts) != 1:
         return False
     return _is_top_level_output(name) or _is_temporary(name, _is_top_level_output)
@@ -132,11 +142,11 @@ def _marker_names(marker: Path) -> list[str]:
 
 
 def _inside(out_dir: Path, name: str) -> Path | None:
-    """``out_dir / name`` when ``name`` is a plain relative path in the folder or ``figures/``, else None."""
+    """``out_dir / name`` when ``name`` is a plain relative path in the folder, ``figures/`` or ``dicom/``, else None."""
     rel = PurePosixPath(name)
     if rel.is_absolute() or not rel.parts or any(p in ("", ".", "..") for p in rel.parts) or "\\" in name:
         return None
-    if len(rel.parts) > 2 or (len(rel.parts) == 2 and rel.parts[0] != FIGURES_DIR):
+    if len(rel.parts) > 2 or (len(rel.parts) == 2 and rel.parts[0] not in (FIGURES_DIR, DICOM_DIR)):
         return None
     return out_dir.joinpath(*rel.parts)
 
@@ -144,8 +154,8 @@ def _inside(out_dir: Path, name: str) -> Path | None:
 def remove_previous_outputs(out_dir: str | Path) -> list[Path]:
     """Remove an earlier run's outputs from ``out_dir``: its marker first, then the files its marker
     lists and every file named as HealthiVert names its outputs (``is_output_name``). Any other
-    file of the folder is kept; ``figures/`` is removed only when this leaves it empty. Returns the
-    paths removed."""
+    file of the folder is kept; ``figures/`` and ``dicom/`` are removed only when this leaves them empty.
+    Returns the paths removed."""
     out_dir = Path(out_dir)
     marker = out_dir / COMPLETE_MARKER
     listed = _marker_names(marker) if marker.is_file() else []
@@ -156,13 +166,15 @@ def remove_previous_outputs(out_dir: str | Path) -> list[Path]:
     candidates = [p for p in (_inside(out_dir, n) for n in listed) if p is not None]
     if out_dir.is_dir():
         candidates += [p for p in out_dir.iterdir() if is_output_name(p.name)]
-    fig_dir = out_dir / FIGURES_DIR
-    if fig_dir.is_dir() and not fig_dir.is_symlink():
-        candidates += [p for p in fig_dir.iterdir() if is_output_name(f"{FIGURES_DIR}/{p.name}")]
+    sub_dirs = [out_dir / FIGURES_DIR, out_dir / DICOM_DIR]
+    for sub_dir in sub_dirs:
+        if sub_dir.is_dir() and not sub_dir.is_symlink():
+            candidates += [p for p in sub_dir.iterdir() if is_output_name(f"{sub_dir.name}/{p.name}")]
     for path in dict.fromkeys(candidates):
         if path.is_symlink() or path.is_file():
             path.unlink(missing_ok=True)
             removed.append(path)
-    if removed and fig_dir.is_dir() and not fig_dir.is_symlink() and not any(fig_dir.iterdir()):
-        fig_dir.rmdir()
+    for sub_dir in sub_dirs:
+        if removed and sub_dir.is_dir() and not sub_dir.is_symlink() and not any(sub_dir.iterdir()):
+            sub_dir.rmdir()
     return removed
