@@ -168,10 +168,17 @@ def _add_grade(sub) -> None:
                        "height-loss and pseudo-healthy volumes on the input grid, figures and index.html.")
     p.add_argument("--seg", required=True, metavar="SEG",
                    help="vertebra label map (NIfTI .nii/.nii.gz, NRRD or MHA), e.g. from TotalSegmentator, "
-                   "nnU-Net or VerSe.")
+                   "nnU-Net or VerSe, or a DICOM SEG of vertebrae (file or folder; levels from its SNOMED CT codes).")
     p.add_argument("--ct", default=None, metavar="CT",
-                   help="the CT on the same grid as SEG (optional: heights, RHLV and grades need only the labels; "
-                   "the CT adds the image to the figures).")
+                   help="the CT on the same grid as SEG: an image file or a folder holding a DICOM CT series "
+                   "(optional: heights, RHLV and grades need only the labels; the CT adds the image to the figures).")
+    p.add_argument("--series", nargs="+", default=None, metavar="UID",
+                   help="SeriesInstanceUID(s) to read when a DICOM folder given as --ct or --seg holds several series "
+                   "(the error message lists them).")
+    p.add_argument("--dicom", action="store_true",
+                   help="also write DICOM objects into OUT/dicom/: a SEG of the measured and pseudo-healthy bodies, a "
+                   "TID 1500 structured report, a parametric map of the height loss (and the pseudo-healthy CT with "
+                   "--engine generator), all referencing the CT series. Needs --ct to be a DICOM series.")
     p.add_argument("--subregions", default=None, metavar="SUB",
                    help="optional vertebral-body labels on the same grid: Kirschke-lab subregions (body = 49, 50) "
                    "or TotalSegmentator vertebrae_body (body = 1). Without it the posterior elements are "
@@ -235,11 +242,13 @@ def _grade_and_write(seg, ct, subregions, vertebrae, out, args, name=None) -> in
 
     check_output_dir(out)  # before any computing: a long run never ends in an unwritable folder
     check_outputs_apart(out, [seg, ct, subregions])
+    check_dicom_request(out, seg, ct, getattr(args, "dicom", False))
     engine_options(args)  # --weights/--device with an engine that ignores them
     t0 = time.perf_counter()
     progress, close = make_progress(args.progress)
     progress(0.0, "reading inputs")
-    case = load_case(seg, ct, subregions, labels=getattr(args, "labels", None), name=name)
+    case = load_case(seg, ct, subregions, labels=getattr(args, "labels", None), name=name,
+                     series=getattr(args, "series", None))
     load_s = time.perf_counter() - t0
     grader = load_grader(args.grader) if getattr(args, "grader", None) else None
     result = grade_case(case, vertebrae, engine=make_engine(args), grader=grader,
@@ -250,7 +259,8 @@ def _grade_and_write(seg, ct, subregions, vertebrae, out, args, name=None) -> in
     progress(0.9, "writing outputs")
     t = time.perf_counter()
     result.timing_s = {"load": load_s, **result.timing_s}
-    paths = write_outputs(result, out, figures=not args.no_figures)
+    paths = write_outputs(result, out, figures=not args.no_figures,
+                          dicom=case.dicom.get("ct") if getattr(args, "dicom", False) else None)
     result.timing_s["write"] = time.perf_counter() - t
     progress(1.0, "done")
     close()
@@ -259,6 +269,26 @@ def _grade_and_write(seg, ct, subregions, vertebrae, out, args, name=None) -> in
         print(f"\nReport: {paths.get('index.html', Path(out) / 'report.json')}")
         print(NOTICE)
     return 0
+
+
+def check_dicom_request(out, seg, ct, dicom: bool) -> None:
+    """Refuse, before any computing, ``--dicom`` without a DICOM CT series, and an output folder inside a DICOM
+    input folder (the DICOM outputs would join the input series the next time it is read)."""
+    from ..io.dicom import is_dicom_input
+
+    if dicom and not is_dicom_input(ct):
+        given = "no --ct was given" if ct is None else f"--ct '{ct}' is an image file, not a DICOM series"
+        raise HealthiVertError(
+            f"--dicom writes DICOM objects that reference the source CT series, so it needs --ct to be a folder "
+            f"holding a DICOM CT series; {given}. Give the DICOM folder as --ct, or leave out --dicom."
+        )
+    out_path = Path(out).resolve()
+    for item in (seg, ct):
+        if item is not None and Path(item).is_dir() and out_path.is_relative_to(Path(item).resolve()):
+            raise HealthiVertError(
+                f"--out '{out}' lies inside the DICOM input folder '{item}'; the outputs would be read as part of it "
+                "next time. Choose an output folder outside it."
+            )
 
 
 def _cmd_grade(args: argparse.Namespace) -> int:
