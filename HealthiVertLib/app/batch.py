@@ -123,14 +123,17 @@ def run_on_pool(cases: Sequence[CaseFiles], out: Path, options: dict, workers: i
     that dies (killed, out of memory) breaks the pool: the cases it left unfinished go to a new pool,
     once; a case left unfinished by a second broken pool is ``failed``. An interruption
     (KeyboardInterrupt, SIGTERM) terminates the workers before it propagates."""
+    import multiprocessing
     from concurrent.futures import ProcessPoolExecutor, as_completed
     from concurrent.futures.process import BrokenProcessPool
 
+    # forking a process whose PyTorch has started its thread pools can hang the children: start them clean
+    context = multiprocessing.get_context("forkserver") if "torch" in sys.modules else None
     todo = list(cases)
     tries: dict[str, int] = {}
     while todo:
-        pool = ProcessPoolExecutor(max_workers=min(workers, len(todo)), initializer=prepare_worker,
-                                   initargs=(options,))
+        pool = ProcessPoolExecutor(max_workers=min(workers, len(todo)), mp_context=context,
+                                   initializer=prepare_worker, initargs=(options,))
         broken: list[tuple[CaseFiles, BaseException]] = []
         try:
             futures = {pool.submit(process_case, c, str(out), options): c for c in todo}

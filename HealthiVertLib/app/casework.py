@@ -20,6 +20,7 @@ import os
 import re
 import shutil
 import signal
+import sys
 import tempfile
 import time
 import traceback
@@ -175,20 +176,22 @@ def prepare_worker(options: dict, *, own_signals: bool = True) -> None:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
     exit_with_parent(use_prctl=own_signals)
-    if options.get("threads"):
-        limit_threads(options["threads"])
     draw_figures_serially()
     engine_for(options)
+    if options.get("threads"):
+        limit_threads(options["threads"])
 
 
 _THREAD_LIMITS: list = []  # keeps the BLAS limit in force for the life of the process
 
 
 def limit_threads(threads: int) -> None:
-    """Use at most ``threads`` threads in SimpleITK filters and in numpy's BLAS in this process."""
+    """Use at most ``threads`` threads in SimpleITK filters, numpy's BLAS and PyTorch (when loaded) in this process."""
     import SimpleITK as sitk
 
     sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(threads)
+    if "torch" in sys.modules:  # the generator engine: never imported here for the other engines
+        sys.modules["torch"].set_num_threads(threads)
     try:
         from threadpoolctl import threadpool_limits
     except ImportError:  # scikit-learn brings it; without it BLAS keeps its threads
