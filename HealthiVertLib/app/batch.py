@@ -48,7 +48,8 @@ def run_batch(args: argparse.Namespace) -> int:
 
         dask_address = check_address(dask_address)
     options = {"labels": args.labels, "grader": args.grader, "engine": args.engine,
-               "engine_options": engine_options(args), "vertebrae": args.vertebra, "figures": not args.no_figures}
+               "engine_options": engine_options(args), "vertebrae": args.vertebra, "figures": not args.no_figures,
+               "qc": not getattr(args, "no_qc", False)}
     check_batch_inputs(Path(args.input), cases, out, options)
     options["provenance"] = options_provenance(options)
     engine_for(options)  # an engine that cannot be built (missing PyTorch, bad weights) stops here, in one line

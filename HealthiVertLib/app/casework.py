@@ -3,8 +3,8 @@
 :func:`process_case` grades one case into ``OUT/<folder>/`` and returns its small row for
 ``cases.csv``; it never raises for a failing case. A case is done only when its folder holds the
 completion marker and the marker's provenance (sha256 of the seg, CT and subregion files, and the
-options that change results: engine and weights, grader file, label numbering, levels, figures)
-equals this run's: then it is skipped. Anything else is graded again into a temporary sibling folder
+options that change results: engine and weights, grader file, label numbering, levels, figures,
+the mask quality check) equals this run's: then it is skipped. Anything else is graded again into a temporary sibling folder
 ``OUT/.partial-<folder>-*`` (marker written last) that is then renamed into place, the previous
 folder moved aside first (``OUT/.old-<folder>-*``) and removed after. A process killed at any moment
 leaves the previous finished case, or no folder claiming to be finished, plus temporary folders that
@@ -58,6 +58,7 @@ def options_provenance(options: dict) -> dict:
         "labels": {"dataset_json_sha256": file_sha256(labels)} if labels and Path(labels).is_file() else labels,
         "vertebrae": list(options["vertebrae"]) if options.get("vertebrae") else None,
         "figures": bool(options["figures"]),
+        "qc": bool(options.get("qc", True)),
     }
 
 
@@ -134,7 +135,8 @@ def _grade_into(case: CaseFiles, folder: Path, options: dict, provenance: dict |
     loaded = load_case(case.seg, case.ct, case.subregions, labels=options["labels"], name=case.name)
     grader = load_grader(options["grader"]) if options["grader"] else None
     result = grade_case(loaded, options["vertebrae"], engine=engine_for(options), grader=grader,
-                        grader_name=f"SVM from {Path(options['grader']).name}" if grader else None)
+                        grader_name=f"SVM from {Path(options['grader']).name}" if grader else None,
+                        qc=options.get("qc", True))
     write_outputs(result, folder, figures=options["figures"], provenance=provenance)
     return sum(v.status == "graded" for v in result.vertebrae)
 

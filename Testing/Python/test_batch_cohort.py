@@ -136,6 +136,9 @@ def test_changed_input_or_option_redoes_the_case_and_leftovers_are_ignored(tmp_p
     assert not any(p.name.startswith(".") for p in out.iterdir())
     assert run("batch", manifest, "--out", out, "--vertebra", "L4", *QUICK) == 0  # another option: redone
     assert {r["status"] for r in _cases(out).values()} == {"done"}
+    assert run("batch", manifest, "--out", out, "--vertebra", "L4", "--no-qc", *QUICK) == 0  # so is --no-qc
+    assert {r["status"] for r in _cases(out).values()} == {"done"}
+    assert read_complete_marker(out / "alpha")["provenance"]["options"]["qc"] is False
 
 
 def _batch_command(manifest: Path, out: Path, workers: int) -> list[str]:
