@@ -38,8 +38,14 @@ _ENGINES: dict[tuple, object] = {}  # per process: an engine is built (its weigh
 
 
 def file_sha256(path: str | os.PathLike) -> str:
-    """Hex sha256 of a file's content, read in 1 MiB blocks."""
+    """Hex sha256 of a file's content, read in 1 MiB blocks; of a folder (a DICOM series), the sha256 of
+    its files' relative paths and hashes in sorted order."""
+    path = Path(path)
     digest = hashlib.sha256()
+    if path.is_dir():
+        for item in sorted(p for p in path.rglob("*") if p.is_file()):
+            digest.update(f"{item.relative_to(path).as_posix()}\0{file_sha256(item)}\n".encode("utf-8", "surrogateescape"))
+        return digest.hexdigest()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
