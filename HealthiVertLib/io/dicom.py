@@ -310,14 +310,17 @@ def _segment_level(description: Any) -> str | None:
 
 
 def _on_grid(image: sitk.Image, reference: sitk.Image) -> sitk.Image:
-    """``image`` pasted onto ``reference``'s grid when it lies on the same lattice (a SEG stores only the
-    slices its segments reach), else unchanged (the caller's grid check then says how they differ)."""
-    same = np.allclose(image.GetSpacing(), reference.GetSpacing(), atol=1e-3) and np.allclose(
-        image.GetDirection(), reference.GetDirection(), atol=1e-4)
-    if not same:
-        return image
-    index = np.array(reference.TransformPhysicalPointToContinuousIndex(image.GetOrigin()))
-    if np.max(np.abs(index - np.round(index))) > 1e-3:
+    """``image`` placed onto ``reference``'s grid when its voxel centres lie on that lattice (a SEG stores only
+    the slices its segments reach, possibly in the opposite slice order), else unchanged (the caller's grid
+    check then says how they differ)."""
+    n = reference.GetDimension()
+    to_ref = np.linalg.inv(np.array(reference.GetDirection()).reshape(n, n) @ np.diag(reference.GetSpacing()))
+    steps = to_ref @ np.array(image.GetDirection()).reshape(n, n) @ np.diag(image.GetSpacing())
+    offset = np.array(reference.TransformPhysicalPointToContinuousIndex(image.GetOrigin()))
+    is_permutation = np.allclose(np.abs(steps), np.round(np.abs(steps)), atol=1e-3) and np.allclose(
+        np.sort(np.abs(np.round(steps)), axis=None), np.sort(np.abs(np.eye(n)), axis=None))
+    if not is_permutation or np.max(np.abs(offset - np.round(offset))) > 1e-3 or image.GetSize() == reference.GetSize() and (
+            np.allclose(steps, np.eye(n), atol=1e-3) and np.allclose(offset, 0, atol=1e-3)):
         return image
     return sitk.Resample(image, reference, sitk.Transform(), sitk.sitkNearestNeighbor, 0, image.GetPixelID())
 
