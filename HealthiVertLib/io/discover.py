@@ -3,7 +3,9 @@
 Each case gets a ``folder``: its name as one safe path component (letters, digits, ``-_.``; not
 starting with a dot; not a name the batch writes itself). A name that is not one is slugified
 (``../../x`` -> ``___.._x``); a slug that would collide with another case's folder gets a short
-hash of the original name. The names ``.``, ``..`` and empty ones are refused.
+hash of the original name. The names ``.``, ``..`` and empty ones are refused. A case's CT may be
+a DICOM series: a folder named in the manifest, or a sub-folder ``<case>_ct/``, ``ct/`` or ``dicom/``
+beside its labels.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from ..errors import HealthiVertError
 IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha")
 LABEL_MARKERS = ("_seg", "_msk", "-seg", "_label", "_labels")
 CT_MARKERS = ("_ct", "-ct", "_image", "_0000")
+DICOM_CT_FOLDERS = ("ct", "dicom")  # a sub-folder of a case holding its CT as a DICOM series
 # names a batch writes in its output folder itself: no case folder may take them
 RESERVED_NAMES = frozenset({"cases.csv", "summary.csv", "summary_by_level.csv", "index.html", "cohort_grades.png"})
 SAFE_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*")
@@ -134,12 +137,17 @@ def _is_label_file(filename: str) -> bool:
 
 
 def _find_ct(folder: Path, prefix: str) -> Path | None:
+    """The case's CT beside its labels: ``<case>[_ct].nii.gz`` (and the other image suffixes), else a DICOM
+    series in a sub-folder ``<case>_ct/``, or ``ct/`` or ``dicom/`` when no other case's labels lie here."""
     for marker in ("",) + CT_MARKERS:
         for suffix in IMAGE_SUFFIXES:
             candidate = folder / f"{prefix}{marker}{suffix}"
             if prefix + marker and candidate.is_file():
                 return candidate
-    return None
+    names = [f"{prefix}{marker}" for marker in CT_MARKERS if prefix]
+    if sum(1 for p in folder.iterdir() if p.is_file() and _is_label_file(p.name)) == 1:
+        names += DICOM_CT_FOLDERS  # ct/ or dicom/ belongs to the case only when its labels are alone here
+    return next((folder / name for name in names if (folder / name).is_dir()), None)
 
 
 def _strip_image_suffix(filename: str) -> str:

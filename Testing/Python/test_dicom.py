@@ -409,3 +409,25 @@ def test_snomed_table_is_the_one_the_slicer_adapter_uses():
     assert tables or "terminology" in source  # its own copy of the table, or it imports this one
     for name, value in tables.items():
         assert value == getattr(terminology, name), name
+
+
+def test_batch_grades_a_case_whose_ct_is_a_dicom_folder_and_resumes(dicom_ct, tmp_path, capsys):
+    case = tmp_path / "cases" / "case1"
+    case.mkdir(parents=True)
+    shutil.copy(SAMPLE_SEG, case / "case1_seg.nii.gz")
+    shutil.copytree(dicom_ct, case / "ct")
+    args = ["batch", str(tmp_path / "cases"), "--out", str(tmp_path / "out"), "--vertebra", "L1", "--no-figures",
+            "--progress", "none"]
+    assert main(args) == 0
+    report = json.loads((tmp_path / "out" / "case1" / "report.json").read_text())
+    assert Path(report["inputs"]["ct"]) == case / "ct"
+    assert [v["status"] for v in report["vertebrae"]] == ["graded"]
+    assert main(args) == 0  # the same DICOM files: skipped; one file changed: graded again
+    rows = (tmp_path / "out" / "cases.csv").read_text()
+    assert "skipped (done before)" in rows
+    ds = pydicom.dcmread(case / "ct" / "IM0001.dcm")
+    ds.PatientName = "Changed^Name"
+    ds.save_as(case / "ct" / "IM0001.dcm")
+    assert main(args) == 0
+    assert "skipped" not in (tmp_path / "out" / "cases.csv").read_text()
+    capsys.readouterr()
