@@ -290,6 +290,12 @@ def _structured_report(result: CaseResult, ct: list, seg: Any, segments: dict[in
 # ----------------------------------------------------------------------------- derived CT
 
 
+# Type 2 (may be empty) attributes of the CT Image IOD, and an unpaired body part so that General Series needs no
+# Laterality: set on the derived CT only when its source slice lacks them.
+_DERIVED_CT_DEFAULTS = {"KVP": None, "AcquisitionNumber": None, "PositionReferenceIndicator": None,
+                        "PatientPosition": None, "Manufacturer": MANUFACTURER, "BodyPartExamined": "SPINE"}
+
+
 def _derived_ct(result: CaseResult, source: DicomSeries, uids: dict[str, str], out: Path) -> dict[str, Path]:
     """The pseudo-healthy CT as a derived CT series: each source slice with its synthesised voxels."""
     import highdicom as hd
@@ -317,6 +323,9 @@ def _derived_ct(result: CaseResult, source: DicomSeries, uids: dict[str, str], o
                                     "their synthesized pre-fracture version")[:1024]
         ds.SeriesDate, ds.SeriesTime = now.strftime("%Y%m%d"), now.strftime("%H%M%S")
         ds.BurnedInAnnotation = "NO"
+        for keyword, value in _DERIVED_CT_DEFAULTS.items():  # what the CT IOD requires and a source may lack
+            if keyword not in ds:
+                setattr(ds, keyword, value)
         ds.PixelData = stored.tobytes()
         if ds.file_meta.TransferSyntaxUID.is_compressed:
             ds.file_meta.TransferSyntaxUID = pydicom.uid.ExplicitVRLittleEndian

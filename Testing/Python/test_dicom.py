@@ -431,3 +431,32 @@ def test_batch_grades_a_case_whose_ct_is_a_dicom_folder_and_resumes(dicom_ct, tm
     assert main(args) == 0
     assert "skipped" not in (tmp_path / "out" / "cases.csv").read_text()
     capsys.readouterr()
+
+
+def test_pseudo_healthy_ct_is_written_as_a_derived_ct_series(dicom_ct, tmp_path):
+    """What a CT-synthesising engine (generator) returns is stored voxel for voxel as a derived CT series."""
+    from HealthiVertLib.outputs.dicom import write_dicom
+    from HealthiVertLib.pipeline.case import grade_case
+
+    case = load_case(SAMPLE_SEG, dicom_ct)
+    result = grade_case(case, ["L1"])
+    healthy = sitk.GetArrayFromImage(case.ct)
+    healthy[sitk.GetArrayFromImage(result.original_body_volume) > 0] += 123.0  # stands in for the synthesis
+    result.healthy_ct_volume = sitk.GetImageFromArray(healthy)
+    result.healthy_ct_volume.CopyInformation(case.ct)
+    files = write_dicom(result, case.dicom["ct"], tmp_path)
+    derived = sorted(p for name, p in files.items() if "pseudo_healthy_ct_" in name)
+    assert len(derived) == len(case.dicom["ct"].files)
+    uid = pydicom.dcmread(derived[0], stop_before_pixels=True).SeriesInstanceUID
+    image, series = read_dicom_ct(tmp_path / "dicom", [uid])
+    assert series.study_instance_uid == case.dicom["ct"].study_instance_uid
+    assert np.array_equal(sitk.GetArrayFromImage(image), healthy)
+    assert np.allclose(image.GetOrigin(), case.ct.GetOrigin(), atol=1e-3)
+    first = pydicom.dcmread(derived[0], stop_before_pixels=True)
+    assert list(first.ImageType)[:2] == ["DERIVED", "SECONDARY"]
+    assert first.SourceImageSequence[0].ReferencedSOPInstanceUID == pydicom.dcmread(
+        case.dicom["ct"].files[0], stop_before_pixels=True).SOPInstanceUID
+    dciodvfy = shutil.which("dciodvfy")
+    if dciodvfy:
+        run = subprocess.run([dciodvfy, str(derived[0])], capture_output=True, text=True, timeout=60, check=False)
+        assert not [line for line in (run.stdout + run.stderr).splitlines() if line.startswith("Error")]
