@@ -18,7 +18,8 @@ read by ``io.dicom``) and lies in its study and frame of reference:
 
 Concepts that no standard terminology codes (the three vertebral heights, RHLV, the Genant grade)
 use the private coding scheme ``99HLTHVRT``, declared in the SR. :func:`write_dicom` returns the
-files written (relative name -> path); :func:`is_dicom_output_name` recognises them.
+files written (relative name -> path); :func:`is_dicom_output_name` recognises them;
+:func:`result_from_folder` reads a finished result folder back (for ``report.export_dicom``).
 """
 
 from __future__ import annotations
@@ -31,10 +32,16 @@ from typing import Any
 import numpy as np
 
 from .. import NOTICE, __version__
+from ..errors import HealthiVertError
 from ..io.dicom import DicomSeries
 from ..io.files import atomic_output
 from ..io.terminology import SCT_CATEGORY, vertebra_code
 from ..pipeline.records import CaseResult, VertebraResult
+
+# volumes of a result folder (outputs.volumes' file names) -> CaseResult attribute, for result_from_folder
+RESULT_VOLUMES = {"height_loss.nii.gz": "loss_volume", "original_body_label.nii.gz": "original_body_volume",
+                  "pseudo_healthy_body_label.nii.gz": "healthy_label_volume",
+                  "pseudo_healthy_ct.nii.gz": "healthy_ct_volume"}
 
 DICOM_DIR = "dicom"
 SEG_BODIES = "seg_bodies.dcm"
@@ -99,6 +106,8 @@ def _segmentation(result: CaseResult, ct: list, volume: Any, which: str, uids: d
     labels = _array_on_ct(volume, len(ct))
     present = {int(v) for v in np.unique(labels)} - {0}
     vertebrae = [v for v in result.vertebrae if v.label in present]
+    if not vertebrae:  # nothing measured: a SEG needs at least one segment
+        return None, {}
     numbers = {v.label: k for k, v in enumerate(vertebrae, start=1)}
     lookup = np.zeros(int(labels.max()) + 1, dtype=np.uint16)
     for label, number in numbers.items():
@@ -136,12 +145,12 @@ def _segmentation(result: CaseResult, ct: list, volume: Any, which: str, uids: d
 # ----------------------------------------------------------------------------- parametric map
 
 
-def _parametric_map(result: CaseResult, ct: list, uids: dict[str, str]):
-    """The height-loss volume (percent, float32) as a Parametric Map on the CT grid."""
+def _parametric_map(loss_volume: Any, ct: list, uids: dict[str, str]):
+    """The height-loss volume (fraction; stored in percent, float32) as a Parametric Map on the CT grid."""
     import highdicom as hd
     from pydicom.sr.codedict import codes
 
-    loss = 100.0 * _array_on_ct(result.loss_volume, len(ct)).astype(np.float32)
+    loss = 100.0 * _array_on_ct(loss_volume, len(ct)).astype(np.float32)
     loss = np.nan_to_num(loss, nan=0.0, posinf=0.0, neginf=0.0)
     low, high = float(min(loss.min(), 0.0)), float(max(loss.max(), 1.0))
     mapping = hd.pm.RealWorldValueMapping(
@@ -275,7 +284,7 @@ def _structured_report(result: CaseResult, ct: list, seg: Any, segments: dict[in
         imaging_measurements=groups,
     )
     sr = hd.sr.Comprehensive3DSR(
-        evidence=[*ct, seg], content=report[0], series_instance_uid=uids["sr"], series_number=SERIES_NUMBERS["sr"],
+        evidence=[*ct, *([seg] if seg is not None else [])], content=report[0], series_instance_uid=uids["sr"], series_number=SERIES_NUMBERS["sr"],
         sop_instance_uid=hd.UID(), instance_number=1, manufacturer=MANUFACTURER, is_complete=True,
         is_final=False, is_verified=False, series_description="HealthiVert measurements (research use only)",
     )
@@ -296,13 +305,14 @@ _DERIVED_CT_DEFAULTS = {"KVP": None, "AcquisitionNumber": None, "PositionReferen
                         "PatientPosition": None, "Manufacturer": MANUFACTURER, "BodyPartExamined": "SPINE"}
 
 
-def _derived_ct(result: CaseResult, source: DicomSeries, uids: dict[str, str], out: Path) -> dict[str, Path]:
-    """The pseudo-healthy CT as a derived CT series: each source slice with its synthesised voxels."""
+def _derived_ct(result: CaseResult, healthy_ct: Any, source: DicomSeries, uids: dict[str, str], out: Path
+                ) -> dict[str, Path]:
+    """The pseudo-healthy CT (HU) as a derived CT series: each source slice with its synthesised voxels."""
     import highdicom as hd
     import pydicom
     from pydicom.dataset import Dataset
 
-    values = _array_on_ct(result.healthy_ct_volume, len(source.files)).astype(np.float64)
+    values = _array_on_ct(healthy_ct, len(source.files)).astype(np.float64)
     written = {}
     now = datetime.now(timezone.utc)
     for k, file in enumerate(source.files):
@@ -335,7 +345,32 @@ def _derived_ct(result: CaseResult, source: DicomSeries, uids: dict[str, str], o
     return written
 
 
-# ----------------------------------------------------------------------------- entry point
+# ----------------------------------------------------------------------------- entry points
+
+
+def result_from_folder(result_dir: str | Path) -> CaseResult:
+    """The :class:`CaseResult` of a result folder written by ``write_outputs``: the records of its report.json
+    and its volumes (what :func:`write_dicom` needs; no figure views)."""
+    import dataclasses
+
+    from ..io.images import read_image
+    from ..io.jsonable import read_json
+
+    result_dir = Path(result_dir)
+    report = read_json(result_dir / "report.json", "HealthiVert report")
+    fields = {f.name for f in dataclasses.fields(VertebraResult)} - {"views"}
+    try:
+        vertebrae = [VertebraResult(**{k: v for k, v in entry.items() if k in fields}) for entry in report["vertebrae"]]
+        result = CaseResult(case=report["case"], engine=report["engine"], grader=report["grader"],
+                            label_scheme=report["label_scheme"], vertebrae=vertebrae, inputs=report["inputs"],
+                            warnings=report.get("warnings", []))
+    except (KeyError, TypeError) as error:
+        raise HealthiVertError(f"'{result_dir / 'report.json'}' is not a HealthiVert report ({error!r}).") from None
+    for name, attribute in RESULT_VOLUMES.items():
+        if (result_dir / name).is_file():
+            setattr(result, attribute, read_image(result_dir / name, f"result volume {name}"))
+    return result
+
 
 
 def write_dicom(result: CaseResult, source: DicomSeries, out_dir: str | Path) -> dict[str, Path]:
@@ -348,19 +383,23 @@ def write_dicom(result: CaseResult, source: DicomSeries, out_dir: str | Path) ->
     out.mkdir(parents=True, exist_ok=True)
     ct = [pydicom.dcmread(f, stop_before_pixels=True) for f in source.files]
     uids = {key: hd.UID() for key in SERIES_NUMBERS}
+    # each volume read once: a result may build its full-grid images on every read
+    bodies, healthy, loss, healthy_ct = (getattr(result, name, None) for name in (
+        "original_body_volume", "healthy_label_volume", "loss_volume", "healthy_ct_volume"))
     written: dict[str, Path] = {}
-    seg, segments = _segmentation(result, ct, result.original_body_volume, "measured", uids, 1)
-    _write_dataset(seg, out / SEG_BODIES)
-    written[f"{DICOM_DIR}/{SEG_BODIES}"] = out / SEG_BODIES
-    if result.healthy_label_volume is not None:
-        healthy, _ = _segmentation(result, ct, result.healthy_label_volume, "pseudo-healthy", uids, 2)
-        _write_dataset(healthy, out / SEG_HEALTHY)
+    seg, segments = _segmentation(result, ct, bodies, "measured", uids, 1) if bodies is not None else (None, {})
+    if seg is not None:
+        _write_dataset(seg, out / SEG_BODIES)
+        written[f"{DICOM_DIR}/{SEG_BODIES}"] = out / SEG_BODIES
+    healthy_seg = _segmentation(result, ct, healthy, "pseudo-healthy", uids, 2)[0] if healthy is not None else None
+    if healthy_seg is not None:
+        _write_dataset(healthy_seg, out / SEG_HEALTHY)
         written[f"{DICOM_DIR}/{SEG_HEALTHY}"] = out / SEG_HEALTHY
-    if result.loss_volume is not None:
-        _write_dataset(_parametric_map(result, ct, uids), out / PM_FILE)
+    if loss is not None:
+        _write_dataset(_parametric_map(loss, ct, uids), out / PM_FILE)
         written[f"{DICOM_DIR}/{PM_FILE}"] = out / PM_FILE
     _write_dataset(_structured_report(result, ct, seg, segments, source, uids), out / SR_FILE)
     written[f"{DICOM_DIR}/{SR_FILE}"] = out / SR_FILE
-    if result.healthy_ct_volume is not None:
-        written.update(_derived_ct(result, source, uids, out))
+    if healthy_ct is not None:
+        written.update(_derived_ct(result, healthy_ct, source, uids, out))
     return written

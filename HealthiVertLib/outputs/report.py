@@ -6,7 +6,8 @@ input) also the DICOM SEG, SR and parametric map of ``outputs.dicom`` into ``dic
 (``COMPLETE_MARKER``) is written last: a folder without it is not a finished result (interrupted,
 disk full). Before writing, the outputs of an earlier run in the same folder are removed
 (:func:`remove_previous_outputs`), only files HealthiVert writes, never a file of the user.
-Research use only, not for diagnosis.
+:func:`export_dicom` adds the DICOM objects to a finished result folder afterwards (the Slicer
+module's "Export to DICOM"). Research use only, not for diagnosis.
 """
 
 from __future__ import annotations
@@ -17,10 +18,12 @@ from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
 
 from .. import __version__
-from ..io.dicom import DicomSeries
+from ..errors import HealthiVertError
+from ..io.dicom import DicomSeries, read_dicom_ct
 from ..io.files import write_text_atomic
+from ..io.images import check_same_grid
 from ..pipeline.records import CaseResult
-from .dicom import DICOM_DIR, is_dicom_output_name, write_dicom
+from .dicom import DICOM_DIR, is_dicom_output_name, result_from_folder, write_dicom
 from .figures import FIGURES_DIR, is_figure_name, render_figures
 from .html import index_html
 from .tables import csv_text, json_text
@@ -69,6 +72,37 @@ def write_outputs(result: CaseResult, out_dir: str | Path, *, figures: bool = Tr
     write_text_atomic(files["index.html"], index_html(result, files, figs, out_dir))
     files[COMPLETE_MARKER] = write_complete_marker(out_dir, files, provenance=provenance)
     return files
+
+
+def export_dicom(result_dir: str | Path, ct: str | Path, *, series: list[str] | None = None) -> dict[str, Path]:
+    """Write the DICOM objects of a finished result folder into ``result_dir/dicom/`` and list them in its
+    completion marker (provenance kept); return relative name -> path.
+
+    ``ct`` is the folder of the DICOM CT series the case was graded on (``series``: its SeriesInstanceUID when
+    the folder holds several, as Slicer's DICOM database folders can); the result's volumes must lie on its
+    grid. This is the "Export to DICOM" of the Slicer module: after a run whose CT came from DICOM, pass the
+    folder of the CT's files (``slicer.dicomDatabase.fileForInstance``) and import ``result_dir/dicom`` into
+    the DICOM database. A folder without a completion marker is refused (not a finished result).
+    """
+    result_dir = Path(result_dir)
+    marker = read_complete_marker(result_dir)
+    if not marker:
+        raise HealthiVertError(
+            f"'{result_dir}' holds no finished HealthiVert result (no {COMPLETE_MARKER}); grade the case first."
+        )
+    result = result_from_folder(result_dir)
+    image, source = read_dicom_ct(ct, series)
+    for attribute in ("original_body_volume", "loss_volume"):
+        volume = getattr(result, attribute)
+        if volume is not None:
+            check_same_grid(image, volume, (f"CT series '{ct}'", f"result volumes of '{result_dir}'"))
+    files = {entry["file"]: result_dir / entry["file"] for entry in marker.get("files", [])
+             if isinstance(entry, dict) and isinstance(entry.get("file"), str) and _inside(result_dir, entry["file"])}
+    written = write_dicom(result, source, result_dir)
+    files.update(written)
+    write_complete_marker(result_dir, {n: p for n, p in files.items() if p.is_file()},
+                          provenance=marker.get("provenance"))
+    return written
 
 
 def write_complete_marker(out_dir: Path, files: dict[str, Path], *, provenance: dict | None = None) -> Path:

@@ -460,3 +460,35 @@ def test_pseudo_healthy_ct_is_written_as_a_derived_ct_series(dicom_ct, tmp_path)
     if dciodvfy:
         run = subprocess.run([dciodvfy, str(derived[0])], capture_output=True, text=True, timeout=60, check=False)
         assert not [line for line in (run.stdout + run.stderr).splitlines() if line.startswith("Error")]
+
+
+def test_export_dicom_adds_the_objects_to_a_finished_result(graded, dicom_ct, tmp_path):
+    """The Slicer module's "Export to DICOM": a result graded from NIfTI, exported against the DICOM CT series
+    afterwards, gets the objects --dicom writes, listed in its marker with its provenance kept."""
+    from HealthiVertLib.outputs.report import COMPLETE_MARKER, export_dicom, write_complete_marker
+
+    dicom_run, nifti_run = graded
+    result = tmp_path / "result"
+    shutil.copytree(nifti_run, result)
+    marker = json.loads((result / COMPLETE_MARKER).read_text())
+    write_complete_marker(result, {e["file"]: result / e["file"] for e in marker["files"]}, provenance={"x": 1})
+    written = export_dicom(result, dicom_ct)
+    assert set(written) == {f"dicom/{p.name}" for p in (dicom_run / "dicom").iterdir()}
+    marker = json.loads((result / COMPLETE_MARKER).read_text())
+    assert set(written) <= {e["file"] for e in marker["files"]} and marker["provenance"] == {"x": 1}
+
+    def measurements(run: Path) -> dict:
+        sr = hd.sr.srread(run / "dicom" / "sr.dcm")
+        return {g.tracking_identifier: {m.name.meaning: m.value for m in g.get_measurements()}
+                for g in sr.content.get_volumetric_roi_measurement_groups()}
+
+    exported, direct = measurements(result), measurements(dicom_run)
+    assert exported.keys() == direct.keys()
+    for level, values in direct.items():
+        assert exported[level] == pytest.approx(values, abs=1e-6)
+    other_grid = tmp_path / "other"
+    write_ct_series(sitk.ReadImage(str(SAMPLE_CT))[:, :, 10:], other_grid, series=f"{UID_ROOT}.5")
+    with pytest.raises(HealthiVertError, match="not on the voxel grid"):
+        export_dicom(result, other_grid)
+    with pytest.raises(HealthiVertError, match="no finished HealthiVert result"):
+        export_dicom(tmp_path / "nothing", dicom_ct)
