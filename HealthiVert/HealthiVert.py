@@ -61,6 +61,7 @@ SAMPLE_SHA256 = {  # the bundled sample case (HealthiVertLib/data/sample), regis
     "seg.nii.gz": "e8097758e56e73099075b6caaebce23ef11bc6fad66a4ec3753b9406846558c7",
 }
 SAMPLE_URL = "https://raw.githubusercontent.com/healthivert/SlicerHealthiVert/main/HealthiVertLib/data/sample/"
+SAMPLE_NAMES = ("HealthiVertSample", "HealthiVertSampleVertebrae")  # Sample Data: the CT, its vertebra label map
 
 
 class TargetMode(enum.Enum):
@@ -207,17 +208,24 @@ def registerSampleData():
     for name in ("ct.nii.gz", "seg.nii.gz"):
         local = os.path.join(sampleDir, name)
         uris.append(qt.QUrl.fromLocalFile(local).toString() if os.path.isfile(local) else SAMPLE_URL + name)
-    SampleData.SampleDataLogic.registerCustomSampleDataSource(
-        category="HealthiVert",
-        sampleName="HealthiVertSample",
-        thumbnailFileName=iconPath,
-        uris=uris,
-        fileNames=["HealthiVertSample_ct.nii.gz", "HealthiVertSample_seg.nii.gz"],
-        nodeNames=["HealthiVertSample CT", "HealthiVertSample vertebrae"],
-        checksums=checksums,
-        loadFileType=["VolumeFile", "VolumeFile"],
-        loadFileProperties=[{}, {"labelmap": True}],
-    )
+    # One source per file: SampleData applies one loadFileProperties dict to every file of a source
+    # (SampleDataLogic.loadNode copies it and sets "fileName"), so the label map needs its own.
+    # ``loadFileType`` is accepted by every SampleData version (newer ones call it loadFileTypes).
+    for index, (sampleName, nodeName, properties) in enumerate((
+        (SAMPLE_NAMES[0], "HealthiVertSample CT", {}),
+        (SAMPLE_NAMES[1], "HealthiVertSample vertebrae", {"labelmap": True}),
+    )):  # fmt: skip
+        SampleData.SampleDataLogic.registerCustomSampleDataSource(
+            category="HealthiVert",
+            sampleName=sampleName,
+            thumbnailFileName=iconPath,
+            uris=uris[index],
+            fileNames=f"HealthiVertSample_{('ct', 'seg')[index]}.nii.gz",
+            nodeNames=nodeName,
+            checksums=checksums[index],
+            loadFileType="VolumeFile",
+            loadFileProperties=properties,
+        )
     registerSampleData.registered = True
 
 
@@ -598,17 +606,35 @@ class HealthiVertLogic(ScriptedLoadableModuleLogic):
 
     @staticmethod
     def _pipInstall(requirements: list, askUser: bool) -> bool:
-        """Install missing ``requirements`` (>= floors) after asking; False when the user declined."""
+        """Install missing ``requirements`` (>= floors) after asking; False when the user declined.
+
+        Slicer 5.11+ has ``pip_ensure`` (checks, asks, installs, offers a restart): in
+        ``slicer.packaging`` (the name Slicer PR #9010 was merged with; it takes strings or
+        ``packaging.requirements.Requirement`` objects) or ``slicer.pydeps`` (the same function's name
+        during that PR; ``Requirement`` objects only), so it is given ``Requirement`` objects. Older
+        Slicer: ``slicer.util.pip_install`` after our own question. See
+        Testing/Python/slicer_api_manifest.json for the Slicer source this was read in.
+        """
+        from packaging.requirements import Requirement
+
+        parsed = [Requirement(r) for r in requirements]
         try:
-            import slicer.packaging as packaging  # Slicer >= 5.12
+            import slicer.packaging as slicerPackaging
         except ImportError:
-            packaging = None
-        if packaging is not None and hasattr(packaging, "pip_ensure"):
-            try:
-                packaging.pip_ensure(requirements, prompt_install=askUser, requester="HealthiVert")
-            except RuntimeError:  # declined
-                return False
-            return True
+            slicerPackaging = None
+        try:
+            import slicer.pydeps as slicerPydeps
+        except ImportError:
+            slicerPydeps = None
+        try:
+            if slicerPackaging is not None and hasattr(slicerPackaging, "pip_ensure"):
+                slicerPackaging.pip_ensure(parsed, prompt_install=askUser, requester="HealthiVert")
+                return True
+            if slicerPydeps is not None and hasattr(slicerPydeps, "pip_ensure"):
+                slicerPydeps.pip_ensure(parsed, prompt_install=askUser, requester="HealthiVert")
+                return True
+        except RuntimeError:  # pip_ensure raises RuntimeError when the user declines
+            return False
         missing = [r for r in requirements if not _isInstalled(r)]
         if not missing:
             return True
@@ -903,7 +929,8 @@ class HealthiVertTest(ScriptedLoadableModuleTest):
 
         registerSampleData()
         self.delayDisplay("Loading the HealthiVert sample (TotalSegmentator example CT and labels)")
-        ctNode, labelNode = SampleData.downloadSample("HealthiVertSample")
+        ctNode = SampleData.downloadSample(SAMPLE_NAMES[0])  # the first (here: only) node a source loads
+        labelNode = SampleData.downloadSample(SAMPLE_NAMES[1])
         self.assertIsNotNone(ctNode)
         self.assertTrue(labelNode.IsA("vtkMRMLLabelMapVolumeNode"))
         return ctNode, labelNode

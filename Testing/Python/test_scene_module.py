@@ -50,6 +50,11 @@ class _ScriptedLoadableModuleLogic:
 @pytest.fixture()
 def module(tmp_path, monkeypatch):
     """HealthiVert.py loaded with slicer-core's ``slicer`` and minimal stand-ins for the Qt parts."""
+    yield from load_module(tmp_path, monkeypatch)
+
+
+def load_module(tmp_path, monkeypatch):
+    """The body of the ``module`` fixture, for other test files (a generator: yields the module)."""
     env = MRML()
     qt = types.ModuleType("qt")
     qt.QSettings = _Settings
