@@ -2,9 +2,9 @@
 
 ``slicer_api_manifest.json`` lists the Slicer Python names HealthiVert/HealthiVert.py and
 Resources/UI/HealthiVert.ui rely on, each with the Slicer source file and commit it was read in.
-This test walks the module's AST and the .ui file and fails on any ``slicer.*``, ``slicer.util.*``
-or ``SampleData.*`` name, keyword argument, base-class member, parameter-node type or member, GUI
-binding or widget class the manifest does not list, and on two misuses the Slicer source rules out
+This test walks the module's AST and the .ui file and fails on any ``slicer.*``, ``slicer.util.*``,
+``SampleData.*`` or ``PyTorchUtils.*`` (the PyTorch extension) name, keyword argument,
+base-class member, parameter-node type or member, GUI binding or widget class the manifest does not list, and on two misuses the Slicer source rules out
 (unpacking ``SampleData.downloadSample``, which returns one node; a list of ``loadFileProperties``,
 which SampleData copies as one dict). With slicer-core installed, the MRML names and the
 ``slicer.util`` signatures of the manifest are checked against Slicer's own code, and the module's
@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parents[2]
 MODULE = ROOT / "HealthiVert" / "HealthiVert.py"
 UI = ROOT / "Resources" / "UI" / "HealthiVert.ui"
 MANIFEST = json.loads((Path(__file__).with_name("slicer_api_manifest.json")).read_text(encoding="utf-8"))
-ROOTS = ("slicer", "SampleData")  # import roots whose names must be in the manifest
+ROOTS = ("slicer", "SampleData", "PyTorchUtils")  # import roots whose names must be in the manifest
 
 
 # --- the checker -------------------------------------------------------------------------------------
@@ -94,8 +94,16 @@ def _names(tree: ast.AST, aliases: dict[str, str], report: Report) -> None:
             dotted = _dotted(node.args[0], aliases)
             if dotted is not None:
                 report.used.add(f"{dotted}.{node.args[1].value}")
+        # Class().method(...) of a class the manifest lists methods of (e.g. PyTorchUtilsLogic().installTorch)
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and isinstance(node.func.value, ast.Call):
+            owner = _dotted(node.func.value.func, aliases)
+            if owner and any(key.startswith(f"{owner}().") for key in names):
+                report.used.add(f"{owner}().{node.func.attr}")
         if isinstance(node, ast.Call):
             dotted = _dotted(node.func, aliases)
+            if dotted is None and isinstance(node.func, ast.Attribute) and isinstance(node.func.value, ast.Call):
+                owner = _dotted(node.func.value.func, aliases)
+                dotted = f"{owner}().{node.func.attr}" if owner else None
             entry = names.get(dotted or "")
             if entry and "params" in entry and "**kwargs" not in entry["params"]:
                 for keyword in node.keywords:
@@ -292,6 +300,7 @@ def test_slicer_api_ui_widgets_and_bindings_are_in_the_manifest():
         ("import slicer.packaging as p\np.pip_ensure([], promptInstall=False)\n", "has no keyword 'promptInstall'"),
         ("import slicer.packaging as p\nif hasattr(p, 'pipEnsure'): pass\n", "'slicer.packaging.pipEnsure' is not in"),
         ("import SampleData\nct, seg = SampleData.downloadSample('x')\n", "returns the first loaded node only"),
+        ("import PyTorchUtils\nPyTorchUtils.PyTorchUtilsLogic().installTorch(confirm=True)\n", "has no keyword 'confirm'"),
         ("import SampleData\nSampleData.SampleDataLogic.registerCustomSampleDataSource(loadFileProperties=[{}, {}])\n", "one dict"),
         (("from slicer.ScriptedLoadableModule import ScriptedLoadableModuleWidget\n"
          "class W(ScriptedLoadableModuleWidget):\n    def setup(self):\n        self.resourcePth('x')\n"), "self.resourcePth"),
