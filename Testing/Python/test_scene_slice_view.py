@@ -154,6 +154,10 @@ def test_slice_view_ct_unchanged_where_the_loss_is_zero(views, view):
     difference = np.abs(rgba[..., :3] - e["rgb"])[plain]
     assert difference.max() <= 1.0, f"{(difference > 1).sum()} CT pixels differ from the window/level mapping"
     assert np.std(e["rgb"][plain][:, 0]) > 10, "the view shows anatomy, not a flat colour"
+    # transparent over the graded bodies where their loss is 0 (the overlay volume covers them there)
+    zero_in_body = plain & e["graded_body"] & (e["loss"] == 0)
+    assert zero_in_body.sum() > 50
+    assert np.abs(rgba[..., :3] - e["rgb"])[zero_in_body].max() <= 1.0
 
 
 @pytest.mark.parametrize("view", ["Red", "Yellow", "Green"])
