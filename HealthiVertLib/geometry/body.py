@@ -104,8 +104,7 @@ def extract_body(
     a boolean array on the same grid marking vertebral-body voxels (from subregion labels), or None
     for the geometric cut.
     """
-    lo = np.maximum(np.asarray(bbox_ijk[0]) - 2, 0)
-    hi = np.minimum(np.asarray(bbox_ijk[1]) + 2, seg_ijk.shape)
+    lo, hi = _label_box(bbox_ijk, seg_ijk.shape)
     crop = seg_ijk[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]] == label
     if body_mask_ijk is not None:
         crop = crop & body_mask_ijk[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]]
@@ -119,6 +118,17 @@ def extract_body(
         occupancy = _cut_posterior_elements(occupancy, block)
     complete = not body_cut_by_border(occupancy, matrix, offset, seg.GetSize())
     return VertebralBody(label, frame, block, occupancy, complete, footprint_of(occupancy, block), level)
+
+
+def _label_box(bbox_ijk: tuple[np.ndarray, np.ndarray], size: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+    """The label's index box [lo, hi) grown by 2 voxels, clipped to the image (what a body is sampled from)."""
+    return np.maximum(np.asarray(bbox_ijk[0]) - 2, 0), np.minimum(np.asarray(bbox_ijk[1]) + 2, size)
+
+
+def body_block(seg: sitk.Image, bbox_ijk: tuple[np.ndarray, np.ndarray], frame: LocalFrame, label: int) -> Block:
+    """The 1 mm local grid :func:`extract_body` samples vertebra ``label`` (index box ``bbox_ijk``) on."""
+    lo, hi = _label_box(bbox_ijk, seg.GetSize())
+    return _block_around(seg, lo, hi, frame, label)
 
 
 def _block_around(seg: sitk.Image, lo: np.ndarray, hi: np.ndarray, frame: LocalFrame, label: int) -> Block:

@@ -18,7 +18,7 @@ from ..engines.base import EngineUnavailable, Neighbour, NoContextError, PseudoH
 from ..engines.neighbours import CONTEXT_LEVELS, gather_neighbours, mean_height
 from ..errors import HealthiVertError
 from ..geometry.body import VertebralBody
-from ..geometry.spine import SpineBodies, SpineLevel, resolve_targets, spine_levels
+from ..geometry.spine import SpineBodies, SpineLevel, resolve_targets
 from ..geometry.straighten import array_ijk
 from ..io import labels as lab
 from ..io.case import Case
@@ -27,6 +27,7 @@ from ..measure.graders import Grader, load_default_grader
 from ..measure.grading import genant_rule, grading_inputs
 from ..measure.heights import HeightMeasurement, measure
 from ..measure.qc import MaskQC, check_masks
+from .region import SpineCase, crop_to_spine
 from .records import FAILED, IMPLAUSIBLE_MASK, INCOMPLETE, NO_CONTEXT, UNSUPPORTED, CaseResult, VertebraResult
 from .volumes import VolumeWriter, vertebra_views
 
@@ -61,11 +62,12 @@ def grade_case(
     timing: dict[str, float] = {}
     t0 = time.perf_counter()
     engine = get_engine(engine) if isinstance(engine, str) else engine
+    case = spine_case(case, engine)  # every step below works inside the spine's box
     if hasattr(engine, "attach"):
         engine.attach(case)  # engines that read the CT (generator) get the case
     if grader is None:
         grader, grader_name = load_default_grader(), DEFAULT_GRADER_NAME
-    levels = spine_levels(case)
+    levels = case.levels
     targets = resolve_targets(levels, vertebrae)
     mask_qc = check_masks(case.seg, levels)
     warnings = _qc_warnings(mask_qc, case, qc)
@@ -97,13 +99,28 @@ def grade_case(
     )
     if out is not None:
         t = time.perf_counter()
-        result.loss_volume, result.healthy_label_volume, result.original_body_volume = out.images()
-        result.healthy_ct_volume = out.ct_image()
+        loss, healthy, original = out.images()
+        result.place_volumes(case.region, {"loss_volume": loss, "healthy_label_volume": healthy,
+                                           "original_body_volume": original, "healthy_ct_volume": out.ct_image()},
+                             bases={"healthy_ct_volume": case.full_ct})
         if cf is not None:
-            result.counterfactual_volumes = cf.images()
+            result.counterfactual_volumes = {k: case.region.paste(v) for k, v in cf.images().items()}
         _add(timing, "volumes", time.perf_counter() - t)
     timing["total"] = time.perf_counter() - t0
     return result
+
+
+def spine_case(case: Case, engine: PseudoHealthyEngine) -> SpineCase:
+    """``case`` cropped to the spine's box for ``engine`` (``pipeline.region``): with the CT around each
+    vertebra that the engine reads (``ct_reach_mm``) and, for an engine that synthesizes CT, the full CT
+    kept for the pseudo-healthy CT on the input grid. Callers may crop first (and drop the full case)."""
+    reach = float(getattr(engine, "ct_reach_mm", 0.0))
+    if isinstance(case, SpineCase):
+        if case.ct is not None and (case.ct_reach_mm < reach or (reach > 0 and case.full_ct is None)):
+            raise HealthiVertError(f"The case was cropped for another engine than '{engine.name}'; crop it with "
+                                   "spine_case(case, engine).")
+        return case
+    return crop_to_spine(case, reach, keep_full_ct=reach > 0)
 
 
 def _qc_warnings(mask_qc: MaskQC, case: Case, qc: bool) -> list[str]:

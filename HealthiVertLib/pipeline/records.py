@@ -123,12 +123,23 @@ class CaseResult:
     inputs: dict[str, str | None]
     timing_s: dict[str, float] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)  # about the whole case (e.g. quality checks skipped)
-    # volumes on the input grid (SimpleITK images), written by outputs.report.write_outputs
+    # volumes on the input grid (SimpleITK images), written by outputs.report.write_outputs; the pipeline
+    # keeps them on the spine's box (place_volumes) and each read puts them on the input grid
     loss_volume: Any = None
     healthy_label_volume: Any = None
     original_body_volume: Any = None
     counterfactual_volumes: dict[str, Any] | None = None  # file name -> label map, one per grade
     healthy_ct_volume: Any = None  # engines that synthesize CT (generator): the pseudo-healthy CT
+
+    def place_volumes(self, region: Any, volumes: dict[str, Any], bases: dict[str, Any] | None = None) -> None:
+        """Hold ``volumes`` (attribute name -> image on ``region``'s box, a ``pipeline.region.SpineRegion``)
+        without building them on the input grid: each read of the attribute pastes the image there, into
+        zeros or into ``bases[name]`` (an image on the input grid). Keep what you read when you need it
+        twice: every read builds a new full-grid image."""
+        for name, image in volumes.items():
+            setattr(self, name, None)
+            if image is not None:
+                self.__dict__.setdefault("_boxed", {})[name] = (region, image, (bases or {}).get(name))
 
     def to_dict(self) -> dict[str, Any]:
         from .. import __version__
@@ -149,3 +160,27 @@ class CaseResult:
                 "timing_s": self.timing_s,
             }
         )
+
+
+GRID_VOLUMES = ("loss_volume", "healthy_label_volume", "original_body_volume", "healthy_ct_volume")
+
+
+def _grid_volume(name: str) -> property:
+    """The attribute ``name`` of CaseResult: an image on the input grid, pasted from the spine's box on read."""
+
+    def get(self: CaseResult) -> Any:
+        boxed = self.__dict__.get("_boxed", {})
+        if name in boxed:
+            region, image, base = boxed[name]
+            return region.paste(image, base)
+        return self.__dict__.get("_" + name)
+
+    def put(self: CaseResult, value: Any) -> None:
+        self.__dict__.setdefault("_boxed", {}).pop(name, None)
+        self.__dict__["_" + name] = value
+
+    return property(get, put, doc=f"{name}: a SimpleITK image on the input grid, or None")
+
+
+for _name in GRID_VOLUMES:
+    setattr(CaseResult, _name, _grid_volume(_name))

@@ -25,6 +25,7 @@ with random weights. Research use only, not for diagnosis.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -128,6 +129,12 @@ class GeneratorEngine:
 
         named = (Path(weights) if weights else DEFAULT_WEIGHTS).parent / name if name else None
         return load_hgam(hgam, self.model.config, self.device, named=named)
+
+    @property
+    def ct_reach_mm(self) -> float:
+        """How far from a vertebra's centroid the engine may read the CT (mm): the canvas's half diagonal
+        plus room for the slice positions and the canvas centred on the body rather than the centroid."""
+        return 0.5 * math.hypot(*self.size) * self.spacing + 60.0
 
     def attach(self, case) -> None:
         """Give the engine the case's CT (``io.case.Case``); None for a mask-only case.
