@@ -75,12 +75,18 @@ def _vertebra_concepts(level: str):
     return _code(kind[1], kind[2], kind[0]), (_code(region[1], region[2], region[0]) if region else None)
 
 
+def _lo(text: str) -> str:
+    """``text`` cut to the 64 characters of a DICOM Long String (LO)."""
+    return text if len(text) <= 64 else text[:61] + "..."
+
+
 def _device() -> dict[str, Any]:
     return {"manufacturer": MANUFACTURER, "manufacturer_model_name": MODEL, "software_versions": __version__,
             "device_serial_number": "none"}
 
 
 def _write_dataset(dataset: Any, path: Path) -> None:
+    dataset.SpecificCharacterSet = "ISO_IR 192"  # UTF-8: reasons and names keep every character
     with atomic_output(path) as tmp:
         dataset.save_as(tmp, enforce_file_format=True)
 
@@ -114,20 +120,21 @@ def _segmentation(result: CaseResult, ct: list, volume: Any, which: str, uids: d
         lookup[label] = number
     algorithm = hd.AlgorithmIdentificationSequence(
         name="HealthiVert", family=codes.cid7162.ArtificialIntelligence, version=__version__,
-        parameters={"engine": result.engine, "grader": result.grader[:64], "bodies": which},
+        parameters={key: str(value).replace(",", ";").replace("=", ":")  # stored as "key=value,key=value"
+                    for key, value in (("engine", result.engine), ("grader", result.grader), ("bodies", which))},
     )
     descriptions = []
     for vertebra in vertebrae:
         kind, region = _vertebra_concepts(vertebra.level)
         descriptions.append(hd.seg.SegmentDescription(
             segment_number=numbers[vertebra.label],
-            segment_label=f"{vertebra.level} {which} vertebral body",
+            segment_label=_lo(f"{vertebra.level} {which} vertebral body"),
             segmented_property_category=_code(SCT_CATEGORY[1], SCT_CATEGORY[2], SCT_CATEGORY[0]),
             segmented_property_type=kind,
             algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
             algorithm_identification=algorithm,
             tracking_uid=hd.UID(),
-            tracking_id=f"{vertebra.level} {which} vertebral body",
+            tracking_id=_lo(f"{vertebra.level} {which} vertebral body"),
             anatomic_regions=[region] if region is not None else None,
         ))
     seg = hd.seg.Segmentation(
@@ -136,7 +143,7 @@ def _segmentation(result: CaseResult, ct: list, volume: Any, which: str, uids: d
         sop_instance_uid=hd.UID(), instance_number=instance, **_device(),
         series_description="HealthiVert vertebral bodies (research use only)",
         content_label="BODIES" if which == "measured" else "PSEUDOHEALTHY",
-        content_description=f"{which.capitalize()} vertebral bodies, HealthiVert {__version__}, {result.engine} engine",
+        content_description=_lo(f"{which.capitalize()} vertebral bodies, {result.engine} engine"),
         content_creator_name="HealthiVert^",
     )
     return seg, numbers
@@ -271,7 +278,7 @@ def _structured_report(result: CaseResult, ct: list, seg: Any, segments: dict[in
     from pydicom.sr.codedict import codes
 
     algorithm = hd.sr.AlgorithmIdentification(
-        name="HealthiVert", version=__version__, parameters=[f"engine={result.engine}", f"grader={result.grader}"[:64]])
+        name="HealthiVert", version=__version__, parameters=[_lo(f"engine={result.engine}"), _lo(f"grader={result.grader}")])
     observer = hd.sr.ObserverContext(
         observer_type=codes.DCM.Device,
         observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(

@@ -146,7 +146,10 @@ def test_seg_reads_back_with_one_coded_segment_per_vertebra(graded, dicom_ct):
         assert description.SegmentedPropertyCategoryCodeSequence[0].CodeValue == SCT_CATEGORY[1]
         algorithm = description.SegmentationAlgorithmIdentificationSequence[0]
         assert algorithm.AlgorithmName == "HealthiVert" and algorithm.AlgorithmVersion
-        assert "engine" in algorithm.AlgorithmParameters and "spine" in algorithm.AlgorithmParameters
+        parameters = hd.AlgorithmIdentificationSequence.from_sequence(
+            description.SegmentationAlgorithmIdentificationSequence).parameters
+        assert parameters["engine"] == "spine" and parameters["grader"] == report["grader"]
+        assert parameters["bodies"] == "measured"
         # the segment holds exactly that vertebra's body voxels, in the CT's slice order
         assert np.array_equal(volume == description.SegmentNumber, bodies == label_of[level]), level
     assert levels == [v["level"] for v in report["vertebrae"] if (bodies == v["label"]).any()]
@@ -190,6 +193,10 @@ def test_sr_holds_one_group_per_vertebra_linked_to_its_segment(graded, dicom_ct)
     texts = [item.TextValue for item in sr.ContentSequence[-1].ContentSequence[0].ContentSequence
              if item.ValueType == "TEXT"]
     assert any("not for diagnosis" in t for t in texts)
+    all_texts = {item.TextValue for group in sr.ContentSequence[-1].ContentSequence
+                 for item in group.ContentSequence if item.ValueType == "TEXT"}
+    reasons = [v["reason"] for v in report["vertebrae"] if v["reason"]]
+    assert reasons and all(reason in all_texts for reason in reasons)  # every character kept (UTF-8)
     evidence = {s.SeriesInstanceUID for s in sr.CurrentRequestedProcedureEvidenceSequence[0].ReferencedSeriesSequence}
     assert evidence == {seg.SeriesInstanceUID, seg.ReferencedSeriesSequence[0].SeriesInstanceUID}
 
@@ -440,6 +447,7 @@ def test_pseudo_healthy_ct_is_written_as_a_derived_ct_series(dicom_ct, tmp_path)
 
     case = load_case(SAMPLE_SEG, dicom_ct)
     result = grade_case(case, ["L1"])
+    result.engine = "generator"  # as the generator engine reports itself (longer texts in the objects)
     healthy = sitk.GetArrayFromImage(case.ct)
     healthy[sitk.GetArrayFromImage(result.original_body_volume) > 0] += 123.0  # stands in for the synthesis
     result.healthy_ct_volume = sitk.GetImageFromArray(healthy)
