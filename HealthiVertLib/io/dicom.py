@@ -314,13 +314,14 @@ def _on_grid(image: sitk.Image, reference: sitk.Image) -> sitk.Image:
     the slices its segments reach, possibly in the opposite slice order), else unchanged (the caller's grid
     check then says how they differ)."""
     n = reference.GetDimension()
-    to_ref = np.linalg.inv(np.array(reference.GetDirection()).reshape(n, n) @ np.diag(reference.GetSpacing()))
-    steps = to_ref @ np.array(image.GetDirection()).reshape(n, n) @ np.diag(image.GetSpacing())
+    to_reference = np.linalg.inv(np.array(reference.GetDirection()).reshape(n, n) @ np.diag(reference.GetSpacing()))
+    # one step along each image axis, in reference voxels: a signed permutation on a shared lattice
+    steps = to_reference @ np.array(image.GetDirection()).reshape(n, n) @ np.diag(image.GetSpacing())
     offset = np.array(reference.TransformPhysicalPointToContinuousIndex(image.GetOrigin()))
-    is_permutation = np.allclose(np.abs(steps), np.round(np.abs(steps)), atol=1e-3) and np.allclose(
-        np.sort(np.abs(np.round(steps)), axis=None), np.sort(np.abs(np.eye(n)), axis=None))
-    if not is_permutation or np.max(np.abs(offset - np.round(offset))) > 1e-3 or image.GetSize() == reference.GetSize() and (
-            np.allclose(steps, np.eye(n), atol=1e-3) and np.allclose(offset, 0, atol=1e-3)):
+    rounded = np.round(steps)
+    on_lattice = (np.allclose(steps, rounded, atol=1e-3) and np.all(np.abs(rounded).sum(axis=0) == 1)
+                  and np.all(np.abs(rounded).sum(axis=1) == 1) and np.allclose(offset, np.round(offset), atol=1e-3))
+    if not on_lattice:
         return image
     return sitk.Resample(image, reference, sitk.Transform(), sitk.sitkNearestNeighbor, 0, image.GetPixelID())
 

@@ -473,7 +473,11 @@ def test_pseudo_healthy_ct_is_written_as_a_derived_ct_series(dicom_ct, tmp_path)
 def test_export_dicom_adds_the_objects_to_a_finished_result(graded, dicom_ct, tmp_path):
     """The Slicer module's "Export to DICOM": a result graded from NIfTI, exported against the DICOM CT series
     afterwards, gets the objects --dicom writes, listed in its marker with its provenance kept."""
-    from HealthiVertLib.outputs.report import COMPLETE_MARKER, export_dicom, write_complete_marker
+    from HealthiVertLib.outputs.report import (
+        COMPLETE_MARKER,
+        export_dicom,
+        write_complete_marker,
+    )
 
     dicom_run, nifti_run = graded
     result = tmp_path / "result"
