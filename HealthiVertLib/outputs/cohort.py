@@ -96,7 +96,9 @@ def _rank(level: str) -> float:
 
 def grade_chart(by_level: Sequence[dict]) -> bytes:
     """PNG: vertebrae per level as bars stacked by Genant grade (not graded in grey)."""
-    fig = new_figure((max(4.0, 0.45 * len(by_level) + 2.0), 3.4))
+    from matplotlib.ticker import MaxNLocator
+
+    fig = new_figure((max(5.6, 0.45 * len(by_level) + 2.0), 3.4))
     ax = fig.add_subplot()
     x = list(range(len(by_level)))
     bottom = [0] * len(by_level)
@@ -107,6 +109,7 @@ def grade_chart(by_level: Sequence[dict]) -> bytes:
         bottom = [b + h for b, h in zip(bottom, heights)]
     ax.set_xticks(x, [r["level"] for r in by_level], rotation=90 if len(by_level) > 12 else 0)
     ax.set_ylabel("vertebrae")
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_title("Genant grade by level")
     ax.legend(fontsize=7, ncols=5, loc="upper center", bbox_to_anchor=(0.5, -0.18), frameon=False)
     return png_bytes(fig)
