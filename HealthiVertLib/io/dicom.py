@@ -158,12 +158,16 @@ def _select(path: Path, role: str, wanted: Sequence[str] | None, accept) -> tupl
             "a NIfTI, NRRD or MetaImage file."
         )
     listing = "; ".join(s.describe() for s, _ in every)
-    if wanted:
-        chosen = [(s, f) for s, f in every if s.series_instance_uid in set(wanted)]
+    candidates = [(s, f) for s, f in every if accept(s)]
+    if wanted:  # --series names the series of every DICOM folder given: this folder's may not be among them
+        named = [(s, f) for s, f in candidates if s.series_instance_uid in set(wanted)]
+        chosen = named or (candidates if len(candidates) == 1 else [])
         if not chosen:
-            raise HealthiVertError(f"{what} holds none of the series given with --series; it holds: {listing}.")
+            raise HealthiVertError(
+                f"{what} holds none of the series given with --series as a {role} series; it holds: {listing}."
+            )
     else:
-        chosen = [(s, f) for s, f in every if accept(s)]
+        chosen = candidates
     if len(chosen) > 1:
         raise HealthiVertError(
             f"{what} holds {len(chosen)} {role} series; choose one with --series UID: {listing}."
@@ -171,8 +175,6 @@ def _select(path: Path, role: str, wanted: Sequence[str] | None, accept) -> tupl
     if not chosen:
         raise HealthiVertError(f"{what} holds no {role} series; it holds: {listing}.")
     series, files = chosen[0]
-    if not accept(series):
-        raise HealthiVertError(f"The series {series.describe()} chosen in {what} is not a {role} series.")
     return series, files
 
 

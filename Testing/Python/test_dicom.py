@@ -287,6 +287,9 @@ def test_dicom_seg_in_gives_verse_labels_on_the_ct_grid(dicom_ct, tmp_path):
     shutil.copy(seg_file, both / "seg.dcm")
     case = load_case(both, both)
     assert np.array_equal(sitk.GetArrayFromImage(case.seg), expected)
+    # --series naming the CT series still lets --seg take the folder's only SEG
+    case = load_case(both, both, series=[case.dicom["ct"].series_instance_uid])
+    assert case.dicom["seg"].modality == "SEG"
 
 
 def test_dicom_seg_without_vertebrae_is_refused(dicom_ct, tmp_path):
@@ -381,6 +384,15 @@ def test_series_option_chooses_among_several(small_ct, tmp_path):
     assert series.series_description == "bone kernel" and image.GetSize()[2] == 20
     with pytest.raises(HealthiVertError, match="none of the series given with --series"):
         read_dicom_ct(folder, ["1.2.3"])
+    assert read_dicom_ct(small_ct, ["1.2.3"])[1].series_instance_uid == f"{UID_ROOT}.1"  # --series named another folder's
+
+
+def test_output_folder_inside_a_dicom_input_folder_is_refused(small_ct, tmp_path, capsys):
+    folder = _copy(small_ct, tmp_path)
+    rc = main(["grade", "--seg", str(SAMPLE_SEG), "--ct", str(folder), "--all", "--out", str(folder / "results")])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1 and "lies inside the DICOM input folder" in err
+    assert not (folder / "results").exists()
 
 
 @pytest.mark.parametrize("ct", ["nifti", "none"])
