@@ -236,12 +236,19 @@ def index_box(image: sitk.Image, matrix: np.ndarray, offset: np.ndarray, lo, hi)
             np.clip(np.ceil(idx.max(axis=0)).astype(int) + 1, 0, size))
 
 
-def block_resampler(image: sitk.Image, frame: LocalFrame, block: Block):
+def block_resampler(image: sitk.Image, frame: LocalFrame, block: Block, support=None):
     """``(lo, hi, back)``: the ITK index box of ``image`` around ``block`` and ``back(arr, order=1)``,
-    which resamples an array on the block into that box (ijk order); None when the box is empty."""
+    which resamples an array on the block into that box (ijk order); None when the box is empty.
+
+    ``support``: the block-index box ``(first, last)`` (inclusive) outside which every array to be
+    resampled is zero; the image box then covers only that part of the block (one voxel beyond it,
+    where linear interpolation still reads it), so nothing is computed where the result is zero."""
     matrix, offset = block_to_index_affine(image, frame, block)
     inv = np.linalg.inv(matrix)
-    lo, hi = index_box(image, matrix, offset, (0, 0, 0), block.shape)
+    if support is None:
+        lo, hi = index_box(image, matrix, offset, (0, 0, 0), block.shape)
+    else:
+        lo, hi = index_box(image, matrix, offset, np.asarray(support[0]) - 1, np.asarray(support[1]) + 1)
     size = tuple(int(x) for x in hi - lo)
     if min(size) <= 0:
         return None

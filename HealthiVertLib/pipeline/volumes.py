@@ -52,6 +52,18 @@ def _sample_plane(ct_ijk: np.ndarray, ct: sitk.Image, body: VertebralBody, iv: i
     return plane[:, :, 0]
 
 
+def _support(occupancy: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """Inclusive block-index box (first, last) of the non-zero voxels, or None when there are none."""
+    spans = []
+    for axis in range(occupancy.ndim):
+        other = tuple(k for k in range(occupancy.ndim) if k != axis)
+        nz = np.flatnonzero(occupancy.any(axis=other))
+        if len(nz) == 0:
+            return None
+        spans.append((nz[0], nz[-1]))
+    return np.array([a for a, _ in spans]), np.array([b for _, b in spans])
+
+
 class VolumeWriter:
     """Collects per-vertebra results on the input grid."""
 
@@ -64,7 +76,13 @@ class VolumeWriter:
         self.healthy_ct: np.ndarray | None = None  # the input CT with pseudo-healthy vertebrae pasted in
 
     def add(self, label: int, body: VertebralBody, healthy: np.ndarray, loss_map: np.ndarray) -> None:
-        grid = block_resampler(self.seg, body.frame, body.block)
+        """Paste vertebra ``label``'s measured body, pseudo-healthy body (``healthy``, occupancy on its
+        block) and column height loss (``loss_map``) into the volumes; only the part of the input grid
+        that the two bodies can reach is resampled."""
+        support = _support(np.maximum(body.occupancy, healthy))
+        if support is None:
+            return
+        grid = block_resampler(self.seg, body.frame, body.block, support)
         if grid is None:
             return
         lo, hi, back = grid
@@ -89,11 +107,12 @@ class VolumeWriter:
         """Paste a pseudo-healthy CT (HU on the body's block; NaN = not synthesized) into a copy of the CT."""
         if self.healthy_ct is None:
             self.healthy_ct = sitk.GetArrayFromImage(ct).astype(np.float32)
-        grid = block_resampler(self.seg, body.frame, body.block)
+        covered = np.isfinite(ct_block)
+        support = _support(covered)
+        grid = None if support is None else block_resampler(self.seg, body.frame, body.block, support)
         if grid is None:
             return
         lo, hi, back = grid
-        covered = np.isfinite(ct_block)
         weight = back(covered.astype(np.float32)).transpose(2, 1, 0)
         values = back(np.where(covered, ct_block, 0.0).astype(np.float32)).transpose(2, 1, 0)
         view = self.healthy_ct[lo[2] : hi[2], lo[1] : hi[1], lo[0] : hi[0]]
