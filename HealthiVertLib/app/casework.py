@@ -136,11 +136,12 @@ def _grade_into(case: CaseFiles, folder: Path, options: dict, provenance: dict |
     from ..io.case import load_case
     from ..measure.graders import load_grader
     from ..outputs.report import write_outputs
-    from ..pipeline.case import grade_case
+    from ..pipeline.case import grade_case, spine_case
 
-    loaded = load_case(case.seg, case.ct, case.subregions, labels=options["labels"], name=case.name)
+    engine = engine_for(options)
+    loaded = spine_case(load_case(case.seg, case.ct, case.subregions, labels=options["labels"], name=case.name), engine)
     grader = load_grader(options["grader"]) if options["grader"] else None
-    result = grade_case(loaded, options["vertebrae"], engine=engine_for(options), grader=grader,
+    result = grade_case(loaded, options["vertebrae"], engine=engine, grader=grader,
                         grader_name=f"SVM from {Path(options['grader']).name}" if grader else None,
                         qc=options.get("qc", True))
     write_outputs(result, folder, figures=options["figures"], provenance=provenance)

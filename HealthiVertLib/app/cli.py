@@ -236,7 +236,7 @@ def _grade_and_write(seg, ct, subregions, vertebrae, out, args, name=None) -> in
     from ..io.files import check_output_dir, check_outputs_apart
     from ..measure.graders import load_grader
     from ..io.case import load_case
-    from ..pipeline.case import grade_case
+    from ..pipeline.case import grade_case, spine_case
     from ..outputs.tables import summary_table
     from ..outputs.report import write_outputs
 
@@ -249,9 +249,11 @@ def _grade_and_write(seg, ct, subregions, vertebrae, out, args, name=None) -> in
     progress(0.0, "reading inputs")
     case = load_case(seg, ct, subregions, labels=getattr(args, "labels", None), name=name,
                      series=getattr(args, "series", None))
+    engine = make_engine(args)
+    case = spine_case(case, engine)  # keep only the spine's box: the full-grid images are released here
     load_s = time.perf_counter() - t0
     grader = load_grader(args.grader) if getattr(args, "grader", None) else None
-    result = grade_case(case, vertebrae, engine=make_engine(args), grader=grader,
+    result = grade_case(case, vertebrae, engine=engine, grader=grader,
                         progress=lambda f, m: progress(0.05 + 0.8 * f, m),
                         grader_name=f"SVM from {Path(args.grader).name}" if grader else None,
                         counterfactuals=getattr(args, "counterfactuals", False),

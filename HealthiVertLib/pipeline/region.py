@@ -79,13 +79,14 @@ class SpineRegion:
         modified) or into zeros of ``image``'s pixel type."""
         if image is None or (self.is_whole and base is None):
             return image
-        if base is None:
-            full = sitk.Image(list(self.grid_size), image.GetPixelID())
-            full.SetOrigin(self.origin)
+        if base is None:  # one full-size allocation (Paste into zeros would need two)
+            upper = [int(n - a - b) for n, a, b in zip(self.grid_size, self.start, self.size)]
+            full = sitk.ConstantPad(image, list(self.start), upper, 0.0)
+            full.SetOrigin(self.origin)  # exactly the input grid's, not recomputed from the box
             full.SetSpacing(self.spacing)
             full.SetDirection(self.direction)
-        else:
-            full = sitk.Cast(base, image.GetPixelID()) if base.GetPixelID() != image.GetPixelID() else base
+            return full
+        full = sitk.Cast(base, image.GetPixelID()) if base.GetPixelID() != image.GetPixelID() else base
         return sitk.Paste(full, image, list(self.size), [0, 0, 0], list(self.start))
 
 
