@@ -36,3 +36,46 @@ def _watch_parent(parent: int) -> None:
         time.sleep(1.0)
         if os.getppid() != parent:
             os._exit(1)
+
+
+# --- threads: one place decides how many threads this process computes with ------------------
+
+_THREADS: list[int] = []  # the number decided by set_threads (empty: never decided)
+_THREAD_LIMITS: list = []  # keeps threadpoolctl's limit in force for the life of the process
+
+
+def usable_cores() -> int:
+    """CPU cores this process may run on (its affinity mask; all cores where there is none)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def set_threads(threads: int | None = None) -> int:
+    """Decide, for this whole process, how many threads SimpleITK filters, BLAS and OpenMP
+    (threadpoolctl) and PyTorch compute with; return that number.
+
+    ``None``: every usable core (one case alone on the machine, ``healthivert grade``); a batch worker
+    passes its share (``cores // workers``), so the workers together never run more threads than
+    there are cores. PyTorch gets the number now when it is imported, else when the generator engine
+    is built (:func:`decided_threads`)."""
+    import SimpleITK as sitk
+
+    n = max(1, int(threads or usable_cores()))
+    _THREADS[:] = [n]
+    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(n)
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # scikit-learn brings it; without it BLAS keeps its own threads
+        pass
+    else:
+        _THREAD_LIMITS[:] = [threadpool_limits(limits=n)]
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(n)
+    return n
+
+
+def decided_threads() -> int | None:
+    """The thread count :func:`set_threads` decided for this process, or None when nothing decided it."""
+    return _THREADS[0] if _THREADS else None

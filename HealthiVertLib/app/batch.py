@@ -12,7 +12,6 @@ At the end the cohort files are written (``outputs.cohort``).
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -22,6 +21,7 @@ from ..errors import HealthiVertError
 from ..io.discover import CaseFiles, discover_cases
 from ..io.files import check_inputs_outside
 from ..outputs.cohort import write_cohort
+from ..processes import usable_cores
 from .casework import (
     engine_for,
     options_provenance,
@@ -115,7 +115,7 @@ def batch_workers(requested: int, n_cases: int, *, local: bool = True) -> int:
 
 
 def _cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return usable_cores()
 
 
 def run_on_pool(cases: Sequence[CaseFiles], out: Path, options: dict, workers: int,

@@ -29,7 +29,7 @@ from pathlib import Path
 from ..errors import HealthiVertError
 from ..io.discover import CaseFiles
 from ..io.files import check_inside, write_text_atomic
-from ..processes import exit_with_parent
+from ..processes import exit_with_parent, set_threads
 
 PARTIAL_PREFIX = ".partial-"
 OLD_PREFIX = ".old-"
@@ -175,8 +175,9 @@ def remove_leftovers(out_dir: str | Path) -> list[Path]:
 
 def prepare_worker(options: dict, *, own_signals: bool = True) -> None:
     """Ready this process to grade cases: figures drawn here (no process of its own), the engine built
-    once, exit when the parent process dies, at most ``options["threads"]`` threads in SimpleITK and
-    BLAS (when given: the machine's cores shared by its workers, not oversubscribed); with
+    once, exit when the parent process dies, at most ``options["threads"]`` threads in SimpleITK, BLAS,
+    OpenMP and PyTorch (``processes.set_threads``; when given: the machine's cores shared by its
+    workers, not oversubscribed); with
     ``own_signals`` (a process-pool worker) Ctrl-C is left to the parent, which stops the workers, and
     SIGTERM ends the process."""
     from ..outputs.figures import draw_figures_serially
@@ -188,21 +189,4 @@ def prepare_worker(options: dict, *, own_signals: bool = True) -> None:
     draw_figures_serially()
     engine_for(options)
     if options.get("threads"):
-        limit_threads(options["threads"])
-
-
-_THREAD_LIMITS: list = []  # keeps the BLAS limit in force for the life of the process
-
-
-def limit_threads(threads: int) -> None:
-    """Use at most ``threads`` threads in SimpleITK filters, numpy's BLAS and PyTorch (when loaded) in this process."""
-    import SimpleITK as sitk
-
-    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(threads)
-    if "torch" in sys.modules:  # the generator engine: never imported here for the other engines
-        sys.modules["torch"].set_num_threads(threads)
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:  # scikit-learn brings it; without it BLAS keeps its threads
-        return
-    _THREAD_LIMITS.append(threadpool_limits(limits=threads))
+        set_threads(options["threads"])

@@ -237,9 +237,11 @@ def _grade_and_write(seg, ct, subregions, vertebrae, out, args, name=None) -> in
     from ..measure.graders import load_grader
     from ..io.case import load_case
     from ..pipeline.case import grade_case, spine_case
+    from ..processes import set_threads
     from ..outputs.tables import summary_table
     from ..outputs.report import write_outputs
 
+    set_threads()  # one case alone: every core, in SimpleITK, BLAS, OpenMP and PyTorch
     check_output_dir(out)  # before any computing: a long run never ends in an unwritable folder
     check_outputs_apart(out, [seg, ct, subregions])
     check_dicom_request(out, seg, ct, getattr(args, "dicom", False))

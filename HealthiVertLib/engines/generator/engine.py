@@ -35,6 +35,7 @@ import torch
 from ...geometry.body import VertebralBody, largest_component
 from ..base import EngineUnavailable, HealthyPrediction, Neighbour
 from ...errors import HealthiVertError
+from ...processes import decided_threads
 from . import slices as gd
 from .networks import Generator, model_to_hu
 from ...io.images import check_looks_like_ct
@@ -106,6 +107,8 @@ class GeneratorEngine:
         views: tuple[str, ...] | None = None,
         hgam: bool | str | Path = True,
     ) -> None:
+        if (threads := decided_threads()) is not None:  # processes.set_threads decided for this process
+            torch.set_num_threads(threads)
         self.device = resolve_device(device)
         self.model, self.card, self.weights_name = load_model(weights, self.device)
         cfg = self.model.config
