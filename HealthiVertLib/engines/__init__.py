@@ -13,11 +13,24 @@ This module is the registry: :func:`get_engine` by name.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
-from .base import PseudoHealthyEngine
-from .context import ContextEngine
-from .spine import SpineEngine
+if TYPE_CHECKING:  # the engines import scipy: only the command that grades pays for it
+    from .base import PseudoHealthyEngine
+
+
+def _spine_engine(**options: Any) -> PseudoHealthyEngine:
+    """The default engine (``spine``)."""
+    from .spine import SpineEngine
+
+    return SpineEngine(**options)
+
+
+def _context_engine(**options: Any) -> PseudoHealthyEngine:
+    """The nearest-neighbours engine (``context``)."""
+    from .context import ContextEngine
+
+    return ContextEngine(**options)
 
 
 def _generator_engine(**options: Any) -> PseudoHealthyEngine:
@@ -37,8 +50,8 @@ def _generator_engine(**options: Any) -> PseudoHealthyEngine:
 # The default: best on the real benchmark (radiologists' grades, benchmarks/real.md).
 DEFAULT_ENGINE = "spine"
 ENGINES: dict[str, Callable[..., PseudoHealthyEngine]] = {  # in the order a user interface lists them
-    "spine": SpineEngine,
-    "context": ContextEngine,
+    "spine": _spine_engine,
+    "context": _context_engine,
     "generator": _generator_engine,
 }
 
