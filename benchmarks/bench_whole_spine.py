@@ -176,9 +176,10 @@ def run(args) -> dict:
     if made.returncode != 0:
         raise RuntimeError(made.stderr)
     cases = json.loads(made.stdout)
-    impls = {"new": ROOT}
+    current = Path(args.current).resolve() if args.current else ROOT
+    impls = {"new": current}
     if args.baseline:
-        impls = {"previous": Path(args.baseline).resolve(), "new": ROOT}
+        impls = {"previous": Path(args.baseline).resolve(), "new": current}
     configs = plan(args.engines, args.cases)
     results: dict[str, list] = {}
     t0 = time.perf_counter()
@@ -231,7 +232,7 @@ def render(data: dict) -> str:
     lines = ["# Benchmark: a whole-spine, full-resolution CT (issue 13)", "",
              f"Measured {now} by `benchmarks/bench_whole_spine.py` on {platform.processor() or platform.machine()}, "
              f"{cores} cores shared with other jobs (timings are noisy: the two implementations ran interleaved, "
-             f"medians of {data['repeats']} runs). Current code: {_commit(ROOT)}"
+             f"medians of {data['repeats']} runs). Current code: {_commit(Path(impls['new']))}"
              + (f"; previous: {_commit(Path(impls['previous']))}." if have_prev else "."), "",
              "Reproduce: `git worktree add /tmp/hv-base <previous commit>` then "
              "`python benchmarks/bench_whole_spine.py --baseline /tmp/hv-base --markdown benchmarks/whole_spine.md`.", "",
@@ -348,6 +349,8 @@ def same_numbers(results: dict) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--baseline", metavar="DIR", help="a checkout of the previous implementation (git worktree)")
+    parser.add_argument("--current", metavar="DIR",
+                        help="a checkout of the code to measure (default: this repository's working tree)")
     parser.add_argument("--work", default=str(Path(tempfile.gettempdir()) / "hv-whole-spine"),
                         help="folder for the generated cases (kept and reused)")
     parser.add_argument("--repeats", type=int, default=3)
