@@ -22,7 +22,7 @@ VOLUME_FILES: dict[str, tuple[str, str]] = {
     "height_loss.nii.gz": ("loss_volume", "float32"),
     "pseudo_healthy_body_label.nii.gz": ("healthy_label_volume", "uint16"),
     "original_body_label.nii.gz": ("original_body_volume", "uint16"),
-    "pseudo_healthy_ct.nii.gz": ("healthy_ct_volume", "float32"),
+    "pseudo_healthy_ct.nii.gz": ("healthy_ct_volume", "hu"),  # int16 when the input CT holds whole HU, else float32
 }
 # counterfactual label maps of grade --counterfactuals, one per grade
 COUNTERFACTUAL_NAME = re.compile(re.escape(COUNTERFACTUAL_FILE).replace(r"\{grade\}", r"\d+"))
@@ -39,7 +39,10 @@ def is_volume_name(name: str) -> bool:
 def _write_volume(img: Any, path: Path, pixel: str) -> None:
     import SimpleITK as sitk
 
-    ptype = sitk.sitkFloat32 if pixel == "float32" else sitk.sitkUInt16
+    if pixel == "hu":
+        ptype = sitk.sitkInt16 if img.GetPixelID() == sitk.sitkInt16 else sitk.sitkFloat32
+    else:
+        ptype = sitk.sitkFloat32 if pixel == "float32" else sitk.sitkUInt16
     if img.GetPixelID() != ptype:
         img = sitk.Cast(img, ptype)
     write_image_atomic(img, path)

@@ -74,6 +74,7 @@ class VolumeWriter:
         self.healthy = np.zeros(shape, np.uint16)
         self.original = np.zeros(shape, np.uint16)
         self.healthy_ct: np.ndarray | None = None  # the input CT with pseudo-healthy vertebrae pasted in
+        self.ct_is_integer = False  # the input CT holds whole HU values (an int16 file): so does healthy_ct's image
 
     def add(self, label: int, body: VertebralBody, healthy: np.ndarray, loss_map: np.ndarray) -> None:
         """Paste vertebra ``label``'s measured body, pseudo-healthy body (``healthy``, occupancy on its
@@ -107,6 +108,7 @@ class VolumeWriter:
         """Paste a pseudo-healthy CT (HU on the body's block; NaN = not synthesized) into a copy of the CT."""
         if self.healthy_ct is None:
             self.healthy_ct = sitk.GetArrayFromImage(ct).astype(np.float32)
+            self.ct_is_integer = _whole_hu(self.healthy_ct)
         covered = np.isfinite(ct_block)
         support = _support(covered)
         grid = None if support is None else block_resampler(self.seg, body.frame, body.block, support)
@@ -120,9 +122,23 @@ class VolumeWriter:
         view[paste] = values[paste] / weight[paste]
 
     def ct_image(self) -> sitk.Image | None:
-        """The pseudo-healthy CT on the input grid, or None when no engine produced one."""
+        """The pseudo-healthy CT on the volumes' grid, or None when no engine produced one: int16 HU
+        (synthesized values rounded) when the input CT holds whole HU values, else float32."""
         if self.healthy_ct is None:
             return None
-        img = sitk.GetImageFromArray(self.healthy_ct)
+        array = self.healthy_ct
+        if self.ct_is_integer:
+            array = np.clip(np.rint(array), *INT16_RANGE).astype(np.int16)
+        img = sitk.GetImageFromArray(array)
         img.CopyInformation(self.seg)
         return img
+
+
+INT16_RANGE = (-32768, 32767)
+
+
+def _whole_hu(array: np.ndarray) -> bool:
+    """True when every value is a whole number within int16 (a CT stored as integers, read as float32)."""
+    if array.size == 0 or array.min() < INT16_RANGE[0] or array.max() > INT16_RANGE[1]:
+        return False
+    return bool(np.all(np.mod(array, 1) == 0))
