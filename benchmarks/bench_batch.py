@@ -114,6 +114,7 @@ def main() -> int:
     parser.add_argument("--markdown", type=Path, default=None, help="write the results here")
     parser.add_argument("--no-figures-only", action="store_true", help="skip the runs with figures")
     args = parser.parse_args()
+    load_before = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="hv-bench-batch-") as tmp:
         tmp = Path(tmp)
         manifest = make_cohort(tmp / "cohort")
@@ -128,14 +129,14 @@ def main() -> int:
                       f"{60 * n_cases / r['wall']:.1f} cases/min, worker peak {r['worker_peak']:.0f} MiB", flush=True)
                 assert all(s == "done" for s in r["statuses"]), r["statuses"]
                 results.append(r)
-    text = report(results, n_cases)
+    text = report(results, n_cases, load_before)
     print(text)
     if args.markdown:
         args.markdown.write_text(text)
     return 0
 
 
-def report(results: list[dict], n_cases: int) -> str:
+def report(results: list[dict], n_cases: int, load_before: tuple[float, float, float]) -> str:
     """The markdown table and the hospital-year extrapolation."""
     load = os.getloadavg()
     lines = [
@@ -143,8 +144,8 @@ def report(results: list[dict], n_cases: int) -> str:
         "",
         (f"Measured {_dt.datetime.now(_dt.timezone.utc):%Y-%m-%d %H:%M} UTC by `python benchmarks/bench_batch.py "
         "--markdown benchmarks/batch.md` on this project's machine "
-        f"({os.cpu_count()} CPU cores, shared with other engineers' jobs: load average {load[0]:.1f} "
-        f"{load[1]:.1f} {load[2]:.1f} when the table was written), Python {platform.python_version()}, "
+        f"({os.cpu_count()} CPU cores, shared with other engineers' jobs: 1-minute load average "
+        f"{load_before[0]:.1f} before the run and {load[0]:.1f} after it), Python {platform.python_version()}, "
         "default `spine` engine. Each row is one fresh `healthivert batch` process into an empty `--out`, all rows in "
         f"one run. {n_cases} cases: 4 copies of the bundled sample (abdomen CT and TotalSegmentator labels, "
         "3 mm, 5 graded vertebrae) and 4 phantom spines T10-L5 at 1.5 mm (`truth.phantom.make_phantom`, seeds "
@@ -164,40 +165,51 @@ def report(results: list[dict], n_cases: int) -> str:
         lines.append(f"| {'yes' if r['figures'] else 'no'} | {'process pool' if r['executor'] == 'pool' else 'dask LocalCluster'} "
                      f"| {r['workers']} | {r['wall']:.1f} | {rate:.1f} | {ratio:.2f}× | {per_case:.1f} | "
                      f"{r['worker_peak']:.0f} | {r['batch_peak']:.0f} |")
-    one = base.get(True, base.get(False))
-    per_case = one / n_cases  # seconds of one core per case, start-up included
+    cores = os.cpu_count() or 1
+    best = {fig: max(60 * n_cases / r["wall"] for r in results if r["figures"] == fig) for fig in base}
     lines += [
         "",
         ("Wall time includes starting Python, the imports, the workers (dask: the scheduler, the nannies and "
         "spawned worker processes, which is most of its gap to the pool at this size) and writing the cohort "
-        "page. With 1 worker the pool grades in the batch process itself. On 2 cores a second worker cannot "
-        "double the rate: the batch process, the figure drawing and the other users of the machine share them."),
+        "page. With 1 worker the pool grades in the batch process itself, and draws a case's figures in 2 forked "
+        "processes; with several workers each draws its own. On 2 cores a second worker cannot double the rate: "
+        "one worker already spreads SimpleITK's and numpy's work over both cores, and the batch process and the "
+        "other users of the machine take their share. Without figures the fixed start-up is a large part of "
+        "these short runs, and dask's is the largest."),
         "",
         "## A hospital year",
         "",
-        (f"Measured cost: {per_case:.1f} s of one core per case with figures "
-        f"({base.get(False, float('nan')) / n_cases:.1f} s without), start-up included, on these small cases. "
+        (f"Measured throughput of this {cores}-core machine (best row above): "
+        f"{best.get(True, float('nan')):.1f} cases/min with figures, {best.get(False, float('nan')):.1f} without, "
+        f"that is {60 * cores / best.get(True, float('nan')):.1f} and {60 * cores / best.get(False, float('nan')):.1f} "
+        "core-seconds per case, start-up included, on these small cases. "
         f"A year of a hospital's abdominal and chest CTs, say {HOSPITAL_YEAR:,} cases, is then "
-        f"{HOSPITAL_YEAR * per_case / 3600:.0f} core-hours. Cases are independent, so the time divides by the "
-        "worker count as long as the shared file system keeps up (each case reads its CT and labels once and writes "
-        "about 0.1-1 MB without figures):"),
+        f"{HOSPITAL_YEAR * cores / best.get(True, float('nan')) / 60:.0f} core-hours with figures. Cases are "
+        "independent, so the time divides by the cores (one single-threaded dask worker per core) as long as the "
+        "shared file system keeps up (each case reads its CT and labels once and writes about 0.1-1 MB without "
+        "figures):"),
         "",
-        "| machines × cores | workers | time for the year |",
+        "| machines × cores | time for the year, with figures | without figures |",
         "|---|---|---|",
     ]
-    for machines, cores in ((1, 2), (1, 16), (4, 16), (16, 16)):
-        hours = HOSPITAL_YEAR * per_case / (machines * cores) / 3600
-        lines.append(f"| {machines} × {cores} | {machines * cores} | {hours:.1f} h |")
+    for machines, machine_cores in ((1, cores), (1, 16), (4, 16), (16, 16)):
+        scale = machines * machine_cores / cores
+        hours = [HOSPITAL_YEAR / (best.get(fig, float("nan")) * scale) / 60 for fig in (True, False)]
+        lines.append(f"| {machines} × {machine_cores} | {_duration(hours[0])} | {_duration(hours[1])} |")
     lines += [
         "",
         ("These are lower bounds for clinical data: the sample is a 3 mm crop and the phantoms are small, while a "
         "clinical abdomen or chest CT at 0.7-1 mm has 10-30× more voxels and 12-17 vertebrae. The work per case "
         "grows roughly with the voxels read and the vertebrae graded; measure a few of your own cases with one "
-        "worker (`cases.csv` holds each case's seconds) and scale this table by the ratio. Memory per worker grows "
+        "worker (`cases.csv` holds each case's seconds) and scale this table by the ratio to this table's cases. Memory per worker grows "
         "with the CT too; size `--workers` (or dask's `memory_limit`) so that workers × peak RSS fits the machine."),
         "",
     ]
     return "\n".join(lines)
+
+
+def _duration(hours: float) -> str:
+    return f"{hours:.1f} h" if hours >= 1 else f"{60 * hours:.0f} min"
 
 
 if __name__ == "__main__":
