@@ -5,7 +5,9 @@ The module is thin. It turns the selected nodes into images (``HealthiVertLib.sc
 ``healthivert`` command) in a background ``PythonSlicer`` process with a progress bar, a log and
 Cancel (``HealthiVertLib.app.background``), and puts the results into the scene (``HealthiVertLib.scene``):
 the height-loss map over the CT, body segmentations with SNOMED CT terminology, a table, the Genant
-points and heights, an antero-posterior profile plot. All numerics live in ``HealthiVertLib``.
+points and heights, an antero-posterior profile plot. "Export to DICOM" writes the last result's DICOM SEG,
+SR and parametric map against the CT series it came from (``healthivert export-dicom`` in the background) and
+imports them into Slicer's DICOM database. All numerics live in ``HealthiVertLib``.
 Research use only, not for diagnosis.
 """
 
@@ -301,6 +303,7 @@ class HealthiVertWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.targetPointSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.ui.targetPointPlaceWidget.setCurrentNode)
         self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
         self.ui.openReportButton.connect("clicked(bool)", self.onOpenReport)
+        self.ui.exportDicomButton.connect("clicked(bool)", self.onExportDicom)
         self.ui.openWeightsFolderButton.connect("clicked(bool)", self.onOpenWeightsFolder)
         self.ui.clearWeightsButton.connect("clicked(bool)", self.onClearWeights)
         self.ui.checkpointPathLineEdit.currentPath = self.logic.userCheckpoint()
@@ -308,6 +311,7 @@ class HealthiVertWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.progressBar.setRange(0, 100)
         self.ui.progressBar.setValue(0)
         self.ui.openReportButton.enabled = False
+        self._updateExportButton()
         self._updateWeightsFolder()
 
         self.initializeParameterNode()
@@ -315,6 +319,8 @@ class HealthiVertWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def cleanup(self) -> None:
         if self.logic is not None and self.logic.isRunning():
             self.logic.cancel()
+        if self.logic is not None and self.logic.isExporting():
+            self.logic.cancelExport()
         self.removeObservers()
 
     def _observeTargetPoint(self, pointNode) -> None:
@@ -385,6 +391,7 @@ class HealthiVertWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             needsDevice = p.engine in TORCH_ENGINES
             self.ui.deviceComboBox.enabled = self.ui.weightsCollapsibleButton.enabled = needsDevice
             self.ui.timeEstimateLabel.text = self._timeEstimate()
+        self._updateExportButton()
         if self.logic is not None and self.logic.isRunning():
             self.ui.applyButton.text = _("Cancel")
             self.ui.applyButton.toolTip = _("Stop grading")
@@ -490,9 +497,50 @@ class HealthiVertWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._log(line)
         self._lastOutputDirectory = self.logic.lastOutputDirectory
         self.ui.openReportButton.enabled = self._lastOutputDirectory is not None
+        self._updateExportButton()
         self._log(_("Report files: {folder}").format(folder=self._lastOutputDirectory))
         self._log(_("Research use only, not for diagnosis."))
         HealthiVertLogic.showResultViews(results)
+
+    # --- DICOM export ----------------------------------------------------------------------------
+
+    def _updateExportButton(self) -> None:
+        """Export to DICOM is enabled only for a finished result graded on a CT loaded from DICOM; the tooltip says why not."""
+        reason = self.logic.dicomExportUnavailableReason() if self.logic is not None else _("The module is not initialized.")
+        self.ui.exportDicomButton.enabled = reason is None
+        self.ui.exportDicomButton.toolTip = reason or _(
+            "Write the DICOM SEG, structured report (TID 1500) and height-loss parametric map of the last result, "
+            "referencing the CT series, and import them into Slicer's DICOM database.")
+
+    def onExportDicom(self) -> None:
+        """Export the last result in the background; without an open DICOM database, ask for the folder of the
+        CT series and a folder to save the objects in."""
+        database = self.logic.dicomDatabase()
+        ctFolder = destination = None
+        if not core("scene").database_is_open(database):
+            ctFolder = qt.QFileDialog.getExistingDirectory(self.parent, _("Slicer's DICOM database is not open: the folder of the CT's DICOM series"))
+            if not ctFolder:
+                return
+            destination = qt.QFileDialog.getExistingDirectory(self.parent, _("Folder to save the DICOM objects in"))
+            if not destination:
+                return
+        try:
+            self.logic.exportToDicom(database, ctFolder, destination, waitForCompletion=False, completedCallback=self._onExportCompleted)
+        except Exception as error:
+            self._onExportCompleted(None, str(error))
+            return
+        self.ui.dicomStatusLabel.text = _("Writing the DICOM objects...")
+        self._updateExportButton()
+
+    def _onExportCompleted(self, summary: Optional[str], error: Optional[str]) -> None:
+        self._updateExportButton()
+        if error:
+            self.ui.dicomStatusLabel.text = _("DICOM export failed.")
+            self._log(error)
+            slicer.util.errorDisplay(error.splitlines()[0], detailedText=error)
+            return
+        self.ui.dicomStatusLabel.text = summary
+        self._log(summary)
 
     def onOpenReport(self) -> None:
         if not self._lastOutputDirectory:
@@ -547,6 +595,8 @@ class HealthiVertLogic(ScriptedLoadableModuleLogic):
         self._run = None
         self.lastRunCancelled = False
         self.lastOutputDirectory = None
+        self.lastReferenceNode = None  # the node the last result was graded on (the CT, or the label map)
+        self._exportRun = None
 
     def getParameterNode(self):
         return HealthiVertParameterNode(super().getParameterNode())
@@ -860,12 +910,135 @@ class HealthiVertLogic(ScriptedLoadableModuleLogic):
             try:
                 results = self.loadResults(outDir, referenceNode, showResult)
                 self.lastOutputDirectory = outDir
+                self.lastReferenceNode = referenceNode
             except Exception as e:
                 logging.exception("HealthiVert: loading the results failed")
                 error = _("Could not load the results from {folder}: {error}").format(folder=outDir, error=e)
         if completedCallback:
             completedCallback(results, error)
         return results, error
+
+    # --- DICOM export ----------------------------------------------------------------------------
+
+    @staticmethod
+    def dicomDatabase():
+        """Slicer's DICOM database (``slicer.dicomDatabase``, a ctkDICOMDatabase the DICOM module sets at
+        startup; it may be closed), or None outside the application."""
+        return getattr(slicer, "dicomDatabase", None)
+
+    def isExporting(self) -> bool:
+        return self._exportRun is not None
+
+    def dicomExportUnavailableReason(self) -> Optional[str]:
+        """Why the last result cannot be exported to DICOM now, or None (HealthiVertLib.scene.dicom_export_unavailable)."""
+        if self.isRunning():
+            return _("Wait for the grading to finish.")
+        if self.isExporting():
+            return _("The DICOM export is running.")
+        if not self.lastOutputDirectory:  # before any result: no need to import the scene adapter yet
+            return _("Grade a case first: Export to DICOM writes the DICOM objects of the last result.")
+        return core("scene").dicom_export_unavailable(self.lastReferenceNode, self.lastOutputDirectory)
+
+    def exportToDicom(
+        self,
+        database=None,
+        ctFolder: Optional[str] = None,
+        destination: Optional[str] = None,
+        waitForCompletion: bool = True,
+        completedCallback: Optional[Callable[[Optional[str], Optional[str]], None]] = None,
+    ) -> Optional[str]:
+        """Write the DICOM SEG, SR and parametric map of the last result into its ``dicom/`` folder, referencing
+        the CT series it was graded on, in a background ``healthivert export-dicom`` process.
+
+        With ``database`` open (Slicer's DICOM database) the CT's files are found in it and the objects are
+        imported into it (copied, so they outlive the temporary result folder); otherwise the CT series is read
+        from ``ctFolder`` and the objects are copied into ``destination``. ``waitForCompletion``: block (GUI
+        responsive) and return the one-line summary, raising RuntimeError on failure; else return None at once
+        and call ``completedCallback(summary, errorMessage)`` when done.
+        """
+        if self.isExporting():
+            raise RuntimeError(_("A DICOM export is already running."))
+        scene = core("scene")
+        background = core("app.background")
+        useDatabase = scene.database_is_open(database)
+        if not useDatabase and not (ctFolder and destination):
+            raise ValueError(_("Slicer's DICOM database is not open: choose the folder of the CT's DICOM series and a "
+                               "folder to save the DICOM objects in."))
+        workDir = os.path.join(slicer.app.temporaryPath, "HealthiVert")
+        plan = scene.prepare_dicom_export(self.lastOutputDirectory, self.lastReferenceNode, database if useDatabase else None,
+                                          workDir, ct_folder=None if useDatabase else ctFolder)  # fmt: skip
+        try:
+            coreDir = coreLibraryParentDirectory()
+            command = [self.pythonExecutable()] + background.export_dicom_command(str(plan.result_dir), str(plan.ct_folder))
+            environment = background.child_environment(
+                coreDir, slicer.util.startupEnvironment() if hasattr(slicer.util, "startupEnvironment") else None)
+            logging.info("HealthiVert: %s", " ".join(command))
+            run = background.BackgroundRun(command, env=environment, cwd=coreDir)
+        except Exception:
+            plan.cleanup()
+            raise
+        run.context = (plan, database if useDatabase else None, destination, completedCallback)
+        self._exportRun = run
+        if not waitForCompletion:
+            qt.QTimer.singleShot(self.POLL_INTERVAL_MS, self._pollExport)
+            return None
+        while not run.finished:
+            run.poll(timeout=0.1)
+            slicer.app.processEvents()
+        summary, error = self._finishExport(run)
+        if error:
+            raise RuntimeError(error)
+        return summary
+
+    def cancelExport(self) -> None:
+        """Stop a running DICOM export (its completion callback reports the cancellation)."""
+        if self._exportRun is not None:
+            self._exportRun.cancel()
+
+    def _pollExport(self) -> None:
+        run = self._exportRun
+        if run is None:
+            return
+        run.poll()
+        if run.finished:
+            self._finishExport(run)
+        else:
+            qt.QTimer.singleShot(self.POLL_INTERVAL_MS, self._pollExport)
+
+    def _finishExport(self, run):
+        """Import (or copy) the objects of a finished export; returns ``(summary, errorMessage)``."""
+        plan, database, destination, completedCallback = run.context
+        self._exportRun = None
+        plan.cleanup()
+        scene = core("scene")
+        summary, error = None, run.error_message()
+        if error is None:
+            try:
+                files = scene.dicom_objects(plan.result_dir)
+                what = scene.describe_dicom_objects(files)
+                if database is not None:
+                    self.importIntoDicomDatabase(str(plan.dicom_dir), database)
+                    summary = _("Wrote {what} into {folder} and imported them into Slicer's DICOM database.").format(
+                        what=what, folder=plan.dicom_dir)
+                else:
+                    scene.copy_dicom_objects(files, destination)
+                    summary = _("Wrote {what} into {folder}.").format(what=what, folder=destination)
+            except Exception as e:
+                logging.exception("HealthiVert: the DICOM export failed")
+                error = str(e)
+        if completedCallback:
+            completedCallback(summary, error)
+        return summary, error
+
+    @staticmethod
+    def importIntoDicomDatabase(folder: str, database) -> None:
+        """Add the DICOM files of ``folder`` to ``database`` with Slicer's ``DICOMUtils.importDicom``, copying them
+        into the database (the result folder is temporary). Raises RuntimeError when the import fails."""
+        from DICOMLib import DICOMUtils
+
+        if not DICOMUtils.importDicom(folder, database, copyFiles=True):
+            raise RuntimeError(_("Slicer could not import {folder} into its DICOM database (the Python console says why).").format(
+                folder=folder))
 
     # --- results ---------------------------------------------------------------------------------
 

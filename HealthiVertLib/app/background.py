@@ -1,5 +1,5 @@
-"""Run ``healthivert grade`` in a child process for a GUI: the command line, progress lines, a
-log, a CPU time estimate, and a Cancel that ends the whole process tree.
+"""Run ``healthivert grade`` (and ``export-dicom``) in a child process for a GUI: the command line,
+progress lines, a log, a CPU time estimate, and a Cancel that ends the whole process tree.
 
 Standard library only, no Qt: the Slicer module polls :meth:`BackgroundRun.poll` from a timer,
 so the application never freezes; the tests run the same code in plain Python.
@@ -95,6 +95,13 @@ def grade_command(
     if not figures:
         args.append("--no-figures")
     return args + [str(a) for a in extra]
+
+
+def export_dicom_command(result_dir: str, ct_folder: str, series: Sequence[str] = ()) -> list[str]:
+    """The arguments after the Python executable: ``-m HealthiVertLib.app.cli export-dicom RESULT --ct FOLDER``
+    (the DICOM objects of a finished result, referencing the CT series in ``ct_folder``)."""
+    args = ["-m", f"{CORE_PACKAGE}.app.cli", "export-dicom", str(result_dir), "--ct", str(ct_folder)]
+    return args + (["--series", *map(str, series)] if series else [])
 
 
 def grade_options() -> set[str]:

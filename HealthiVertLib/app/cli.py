@@ -125,6 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_grade(sub)
     _add_demo(sub)
     _add_batch(sub)
+    _add_export_dicom(sub)
     add_research_commands(sub)
     return parser
 
@@ -232,6 +233,19 @@ def _add_batch(sub) -> None:
     p.set_defaults(func=_cmd_batch)
 
 
+def _add_export_dicom(sub) -> None:
+    p = sub.add_parser("export-dicom", help="write the DICOM objects of a finished result (SEG, SR, parametric map)",
+                       description="Write the DICOM objects of 'grade --dicom' (SEG, TID 1500 SR, height-loss parametric "
+                       "map) into RESULT/dicom/ for a result graded earlier, referencing the DICOM CT series it was graded "
+                       "on; the result's volumes must lie on that series' grid. The Slicer module's Export to DICOM runs it.")
+    p.add_argument("result", metavar="RESULT", help="a result folder written by 'healthivert grade' (with its completion marker).")
+    p.add_argument("--ct", required=True, metavar="DICOM_FOLDER",
+                   help="the folder holding the DICOM CT series the case was graded on (searched recursively).")
+    p.add_argument("--series", nargs="+", default=None, metavar="UID",
+                   help="SeriesInstanceUID(s) to read when DICOM_FOLDER holds several series (the error message lists them).")
+    p.set_defaults(func=_cmd_export_dicom)
+
+
 def _grade_and_write(seg, ct, subregions, vertebrae, out, args, name=None) -> int:
     from ..io.files import check_output_dir, check_outputs_apart
     from ..measure.graders import load_grader
@@ -305,6 +319,17 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     if not seg.exists() or not ct.exists():
         raise HealthiVertError(f"The bundled sample case is missing from {SAMPLE_DIR}; reinstall healthivert.")
     return _grade_and_write(seg, ct, None, None, args.out, args, name="sample-totalsegmentator")
+
+
+def _cmd_export_dicom(args: argparse.Namespace) -> int:
+    from ..outputs.report import export_dicom
+
+    check_dicom_request(args.result, None, args.ct, True)
+    written = export_dicom(args.result, args.ct, series=args.series)
+    for path in written.values():
+        print(path)
+    print(f"Wrote {len(written)} DICOM file(s) into {Path(args.result) / 'dicom'}")
+    return 0
 
 
 def _cmd_batch(args: argparse.Namespace) -> int:

@@ -4,11 +4,27 @@ The only core package that imports ``slicer`` (MRML) and ``vtk``; it never impor
 in the Slicer application and, for the tests, with the PyPI package ``slicer-core``. ``volumes``:
 geometry, volume nodes, the height-loss overlay; ``segmentations``: vertebra labels to and from
 segmentation nodes with SNOMED CT terminology; ``results``: the result nodes of a run (volumes,
-segmentations, table, Genant markups, AP plot) and their removal; ``slice_views``: the slice
+segmentations, table, Genant markups, AP plot) and their removal; ``dicom_export``: the module's
+Export to DICOM (which result can be exported, the files of a CT loaded from DICOM); ``slice_views``: the slice
 views' composited image read from Slicer's own slice pipeline (``vtkMRMLSliceLogic``) without
 rendering. Coordinates: MRML in RAS, images and ``report.json`` in LPS millimetres.
 """
 
+from .dicom_export import (
+    DICOM_INSTANCES_ATTRIBUTE,
+    DicomExportPlan,
+    copy_dicom_objects,
+    database_is_open,
+    describe_dicom_objects,
+    dicom_export_unavailable,
+    dicom_instance_uids,
+    dicom_objects,
+    prepare_dicom_export,
+    run_dicom_export,
+    series_files,
+    series_files_in_folder,
+    stage_series,
+)
 from .results import (
     GRADE_COLORS,
     GRADE_NAMES,
@@ -52,6 +68,9 @@ from .volumes import (
 )
 
 __all__ = [
+    "DICOM_INSTANCES_ATTRIBUTE", "DicomExportPlan", "copy_dicom_objects", "database_is_open", "describe_dicom_objects",
+    "dicom_export_unavailable", "dicom_instance_uids", "dicom_objects", "prepare_dicom_export", "run_dicom_export",
+    "series_files", "series_files_in_folder", "stage_series",
     "GRADE_COLORS", "GRADE_NAMES", "HEAT_COLOR_NODE_IDS", "OUTPUT_ATTRIBUTE", "PSEUDO_HEALTHY_CT_FILE",
     "REFERENCE_ATTRIBUTE", "SLICE_VIEWS", "TABLE_COLUMNS", "TYPE_CONTEXT", "VERTEBRA_SCT", "LabelInput",
     "ResultNodes", "SliceImage", "StandaloneScene", "add_slice_views", "center_views", "composited_slice",

@@ -3,7 +3,7 @@
 ``slicer_api_manifest.json`` lists the Slicer Python names HealthiVert/HealthiVert.py and
 Resources/UI/HealthiVert.ui rely on, each with the Slicer source file and commit it was read in.
 This test walks the module's AST and the .ui file and fails on any ``slicer.*``, ``slicer.util.*``,
-``SampleData.*`` or ``PyTorchUtils.*`` (the PyTorch extension) name, keyword argument,
+``SampleData.*``, ``DICOMLib.*`` or ``PyTorchUtils.*`` (the PyTorch extension) name, keyword argument,
 base-class member, parameter-node type or member, GUI binding or widget class the manifest does not list, and on two misuses the Slicer source rules out
 (unpacking ``SampleData.downloadSample``, which returns one node; a list of ``loadFileProperties``,
 which SampleData copies as one dict). With slicer-core installed, the MRML names and the
@@ -32,7 +32,8 @@ ROOT = Path(__file__).resolve().parents[2]
 MODULE = ROOT / "HealthiVert" / "HealthiVert.py"
 UI = ROOT / "Resources" / "UI" / "HealthiVert.ui"
 MANIFEST = json.loads((Path(__file__).with_name("slicer_api_manifest.json")).read_text(encoding="utf-8"))
-ROOTS = ("slicer", "SampleData", "PyTorchUtils")  # import roots whose names must be in the manifest
+ROOTS = ("slicer", "SampleData", "PyTorchUtils", "DICOMLib")  # import roots whose names must be in the manifest
+DICOM_EXPORT = ROOT / "HealthiVertLib" / "scene" / "dicom_export.py"  # uses Slicer's DICOM database the module passes
 
 
 # --- the checker -------------------------------------------------------------------------------------
@@ -266,7 +267,8 @@ def test_slicer_api_manifest_cites_a_read_source_for_every_name():
             assert source.get("package") and source.get("checked"), key
     for name, entry in MANIFEST["names"].items():
         assert entry["source"] in sources, name
-    for group in (MANIFEST["base_classes"].values(), [MANIFEST["parameter_node"][k] for k in ("types", "instance_members", "gui_connectors")]):
+    for group in (MANIFEST["base_classes"].values(), [MANIFEST["parameter_node"][k] for k in ("types", "instance_members", "gui_connectors")],
+                  MANIFEST["node_attributes"].values()):
         for entry in group:
             assert entry["source"] in sources
     assert set(MANIFEST["ui_widget_classes"].values()) <= set(sources)
@@ -278,10 +280,28 @@ def test_slicer_api_module_uses_only_names_in_the_manifest():
     # the walk sees what the module does use (a checker that sees nothing passes everything)
     for name in ("slicer.util.loadUI", "slicer.util.tryWithErrorDisplay", "slicer.packaging.pip_ensure", "slicer.pydeps.pip_ensure",
                  "slicer.util.pip_install", "slicer.app.temporaryPath", "SampleData.SampleDataLogic.registerCustomSampleDataSource",
-                 "slicer.qSlicerMarkupsPlaceWidget.ForcePlaceSingleMarkup", "slicer.ScriptedLoadableModule.ScriptedLoadableModuleWidget"):  # fmt: skip
+                 "slicer.qSlicerMarkupsPlaceWidget.ForcePlaceSingleMarkup", "slicer.ScriptedLoadableModule.ScriptedLoadableModuleWidget",
+                 "slicer.dicomDatabase", "DICOMLib.DICOMUtils.importDicom"):  # fmt: skip
         assert name in report.used, name
     assert report.parameter_fields["vertebrae"] == ["typing.Union", "vtkMRMLNode", "vtkMRMLNode", "None"]
     assert report.parameter_fields["labelNumbering"] == ["enum.Enum"]
+
+
+def test_slicer_api_dicom_export_uses_only_database_members_and_attributes_in_the_manifest():
+    """HealthiVertLib/scene/dicom_export.py gets Slicer's DICOM database (a ctkDICOMDatabase) as ``database``
+    and reads the node attribute a DICOM plugin sets: every member and attribute name it uses is in the manifest."""
+    tree = ast.parse(DICOM_EXPORT.read_text(encoding="utf-8"))  # read, not imported: HealthiVertLib.scene needs slicer-core
+    members = {n.attr for n in ast.walk(tree) if isinstance(n, ast.Attribute) and getattr(n.value, "id", "") == "database"}
+    members |= {n.args[1].value for n in ast.walk(tree) if isinstance(n, ast.Call) and getattr(n.func, "id", "") == "getattr"
+                and getattr(n.args[0], "id", "") == "database" and isinstance(n.args[1], ast.Constant)}  # fmt: skip
+    assert members == {"isOpen", "fileForInstance"}  # the walk sees what the module uses
+    for member in members:
+        assert f"slicer.dicomDatabase.{member}" in MANIFEST["names"], member
+    attributes = [n.value.value for n in tree.body if isinstance(n, ast.Assign) and isinstance(n.value, ast.Constant)
+                  and any(getattr(t, "id", "") == "DICOM_INSTANCES_ATTRIBUTE" for t in n.targets)]  # fmt: skip
+    assert attributes == ["DICOM.instanceUIDs"] and attributes[0] in MANIFEST["node_attributes"]
+    entry = MANIFEST["names"]["DICOMLib.DICOMUtils.importDicom"]
+    assert entry["params"] == ["dicomDataDir", "dicomDatabase", "copyFiles"]
 
 
 def test_slicer_api_ui_widgets_and_bindings_are_in_the_manifest():
