@@ -30,7 +30,7 @@ from .casework import (
     remove_leftovers,
     row,
 )
-from .options import engine_options
+from .options import announce_device, engine_options
 
 BAR_FORMAT = "{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}{postfix}]"
 
@@ -52,7 +52,8 @@ def run_batch(args: argparse.Namespace) -> int:
                "qc": not getattr(args, "no_qc", False)}
     check_batch_inputs(Path(args.input), cases, out, options)
     options["provenance"] = options_provenance(options)
-    engine_for(options)  # an engine that cannot be built (missing PyTorch, bad weights) stops here, in one line
+    announce_device(engine_for(options))  # an engine that cannot be built (missing PyTorch, bad weights, a GPU that
+    # cannot work) stops here, in one line; the generator's device line goes to stderr once
     out.mkdir(parents=True, exist_ok=True)
     remove_leftovers(out)
     local = dask_address is None or dask_address == "local"

@@ -26,7 +26,7 @@ from typing import Sequence
 from .. import NOTICE, __version__
 from ..errors import HealthiVertError
 from ..engines import DEFAULT_ENGINE, ENGINES
-from .options import engine_options, make_engine, positive_int
+from .options import DEVICE_HELP, engine_options, make_engine, positive_int
 from ..io.resources import SAMPLE_DIR
 from ..progress import PROGRESS_PREFIX, make_progress
 from .research import add_research_commands
@@ -144,8 +144,7 @@ def _add_case_options(p: argparse.ArgumentParser) -> None:
                    help="generator weights: a .safetensors file from 'healthivert train-generator' (with its .json "
                    "model card beside it) or the HealthiVert-GAN authors' latest_net_G.pth. Default: the bundled "
                    "weights (HealthiVertLib/data/weights/generator_default.json says how they were trained).")
-    p.add_argument("--device", default=None, metavar="DEVICE",
-                   help="where the generator runs: cpu, cuda, cuda:1 or auto (CUDA when available). Default: auto.")
+    p.add_argument("--device", default=None, metavar="DEVICE", help="generator engine only: " + DEVICE_HELP)
     p.add_argument("--labels", default=None, metavar="NUMBERING",
                    help="label numbering of the vertebra label map: 'verse' (VerSe, TotalSegmentator "
                    "vertebrae_pp: 20 = L1), 'totalseg' (TotalSegmentator v2 total: 31 = L1) or the path "

@@ -9,11 +9,15 @@ from __future__ import annotations
 
 import argparse
 import math
+import sys
 
 from ..engines import DEFAULT_ENGINE
 from ..errors import HealthiVertError
 
 GENERATOR_ONLY = ("weights", "device")  # options only the generator engine uses
+DEVICE_HELP = ("where the networks run: auto (default: a CUDA GPU only when this PyTorch build has kernels for it "
+               "and a test kernel runs on it, else Apple's mps when it works, else the CPU, with one line on stderr "
+               "saying why), cpu, cuda, cuda:N or mps (a GPU that cannot work is an error).")
 
 
 def non_negative_int(text: str) -> int:
@@ -65,7 +69,16 @@ def engine_options(args: argparse.Namespace) -> dict:
 
 
 def make_engine(args: argparse.Namespace):
-    """The engine chosen on the command line, built once (weights are loaded here)."""
+    """The engine chosen on the command line, built once (weights are loaded here); its device line on stderr."""
     from ..engines import get_engine
 
-    return get_engine(getattr(args, "engine", DEFAULT_ENGINE), **engine_options(args))
+    return announce_device(get_engine(getattr(args, "engine", DEFAULT_ENGINE), **engine_options(args)))
+
+
+def announce_device(engine):
+    """Print the device line of an engine that runs networks (which device and, on a fall-back, why) on
+    stderr, once; the same line is in the report's ``engine_notes``. Returns ``engine``."""
+    choice = getattr(engine, "device_choice", None)
+    if choice is not None:
+        print(f"healthivert: {choice.note}", file=sys.stderr)
+    return engine

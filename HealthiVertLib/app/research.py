@@ -16,7 +16,7 @@ from pathlib import Path
 from .. import NOTICE
 from ..errors import HealthiVertError
 from ..progress import make_progress
-from .options import non_negative_int, positive_float
+from .options import DEVICE_HELP, non_negative_int, positive_float
 
 
 REAL_DATA = "benchmarks/data/verse19"  # bench --real: default data folder (grades + cases)
@@ -358,7 +358,7 @@ def _add_train_generator(sub) -> None:
     p.add_argument("--checkpoint-every", type=int, default=100, help="checkpoint every N steps (default 100).")
     p.add_argument("--resume", default=None, metavar="CHECKPOINT",
                    help="continue from a checkpoint (file, or a folder holding checkpoint.safetensors).")
-    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default).")
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.add_argument("--seed", type=non_negative_int, default=0, help="random seed, 0 or more (default 0).")
     p.add_argument("--ngf", type=int, default=8, help="generator width (reference 16; default 8).")
     p.add_argument("--ndf", type=int, default=16, help="discriminator width (reference 64; default 16).")
@@ -414,6 +414,7 @@ def _add_train_hgam(sub) -> None:
     _add_slice_options(p, same_as=", as the generator's")
     p.add_argument("--seed", type=non_negative_int, default=0, help="random seed, 0 or more (default 0).")
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: PyTorch's).")
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.add_argument("--progress", default="bar", choices=["bar", "none"], help="progress display.")
     p.set_defaults(func=_cmd_train_hgam)
 
@@ -432,11 +433,12 @@ def _cmd_train_hgam(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     command = (f"healthivert train-hgam --out {Path(args.out).name} --cases {args.cases} --val-cases {args.val_cases} "
                f"--epochs {args.epochs} --batch-size {args.batch_size} --lr {args.lr} --size {args.size[0]} {args.size[1]} "
-               f"--spacing {args.spacing} --seed {args.seed}" + (f" --threads {args.threads}" if args.threads else ""))
+               f"--spacing {args.spacing} --seed {args.seed}" + (f" --threads {args.threads}" if args.threads else "")
+               + (f" --device {args.device}" if args.device != "auto" else ""))
     metrics = train_hgam(args.out, cases=args.cases, val_cases=args.val_cases, epochs=args.epochs,
                          batch_size=args.batch_size, lr=args.lr, seed=args.seed, rows=args.size[0], cols=args.size[1],
                          spacing=args.spacing, command=command,
-                         progress=args.progress == "bar")
+                         progress=args.progress == "bar", device=args.device)
     print(f"Validation: accuracy {metrics['accuracy']:.3f}, ROC AUC {metrics['roc_auc']:.3f} on {metrics['n']} slices.")
     print(f"Weights: {Path(args.out) / 'hgam_classifier.safetensors'} (model card hgam_classifier.json). "
           "Trained on simulated data: research use only.")

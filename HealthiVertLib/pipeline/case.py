@@ -96,6 +96,7 @@ def grade_case(
         inputs=dict(case.paths),
         timing_s=timing,
         warnings=warnings,
+        engine_notes=list(getattr(engine, "notes", ())),
     )
     if out is not None:
         t = time.perf_counter()

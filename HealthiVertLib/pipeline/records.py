@@ -123,6 +123,7 @@ class CaseResult:
     inputs: dict[str, str | None]
     timing_s: dict[str, float] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)  # about the whole case (e.g. quality checks skipped)
+    engine_notes: list[str] = field(default_factory=list)  # what the engine ran on (generator: device and why, weights)
     # volumes on the input grid (SimpleITK images), written by outputs.report.write_outputs; the pipeline
     # keeps them on the spine's box (place_volumes) and each read puts them on the input grid
     loss_volume: Any = None
@@ -156,6 +157,7 @@ class CaseResult:
                 "units": {"heights": "mm", "rhlv": "fraction", "points": "mm"},
                 "inputs": self.inputs,
                 "warnings": self.warnings,
+                "engine_notes": self.engine_notes,
                 "vertebrae": [v.to_dict() for v in self.vertebrae],
                 "timing_s": self.timing_s,
             }

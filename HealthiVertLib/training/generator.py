@@ -91,11 +91,12 @@ class TrainOptions:
 
 @dataclass
 class Dist:
-    """This process's place in a (possibly single-process) run."""
+    """This process's place in a (possibly single-process) run, and the device line for the user."""
 
     rank: int = 0
     world: int = 1
     device: torch.device = torch.device("cpu")
+    device_note: str = ""
 
     @property
     def main(self) -> bool:
@@ -103,20 +104,23 @@ class Dist:
 
 
 def setup_distributed(device: str | None) -> Dist:
-    """Join the ``torchrun`` process group when WORLD_SIZE > 1 (gloo on CPU, NCCL on CUDA)."""
-    from ..engines.generator.engine import resolve_device
+    """Join the ``torchrun`` process group when WORLD_SIZE > 1 (gloo on CPU, NCCL on CUDA).
 
+    The device comes from ``engines.generator.devices.choose_device``: ``auto`` uses a GPU only when a
+    test kernel runs on it; an explicit GPU that cannot work is a one-line ``HealthiVertError``."""
+    from ..engines.generator.devices import choose_device
+
+    choice = choose_device(device)
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
-        return Dist(0, 1, resolve_device(device))
+        return Dist(0, 1, choice.device, choice.note)
     rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
-    dev = resolve_device(device)
-    if dev.type == "cuda":
-        dev = torch.device("cuda", local)
-        torch.cuda.set_device(dev)
+    if choice.device.type == "cuda":
+        choice = choose_device(f"cuda:{local}")  # this process's own GPU, checked the same way
+        torch.cuda.set_device(choice.device)
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
-    return Dist(rank, world, dev)
+        dist.init_process_group("nccl" if choice.device.type == "cuda" else "gloo")
+    return Dist(rank, world, choice.device, choice.note)
 
 
 def _average_gradients(module: torch.nn.Module, d: Dist) -> None:
@@ -323,6 +327,8 @@ def train(opts: TrainOptions) -> tuple[Generator, dict[str, float]]:
     from tqdm import tqdm
 
     d = setup_distributed(opts.device)
+    if d.main:
+        print(f"healthivert: {d.device_note}", file=sys.stderr)
     if opts.threads:
         torch.set_num_threads(opts.threads)
     out = Path(opts.out)
@@ -408,14 +414,14 @@ def train(opts: TrainOptions) -> tuple[Generator, dict[str, float]]:
     bar.close()
     if d.main:
         log.close()
-        _export(model, opts, metrics, history, records, prep_s, time.perf_counter() - t0, start, done)
+        _export(model, opts, metrics, history, records, prep_s, time.perf_counter() - t0, start, done, d.device_note)
     if d.world > 1:
         dist.barrier()
     return model, metrics
 
 
 def _export(model: Generator, opts: TrainOptions, metrics: dict[str, float], history: list, records: list,
-            prep_s: float, wall_s: float, start: int, done: int) -> None:
+            prep_s: float, wall_s: float, start: int, done: int, device_note: str = "") -> None:
     """Final weights + model card (architecture, data, command, validation, date, honesty notice)."""
     parts = []
     if opts.phantoms:
@@ -443,6 +449,7 @@ def _export(model: Generator, opts: TrainOptions, metrics: dict[str, float], his
             "validation_history": history,
             "options": {k: v for k, v in asdict(opts).items() if k not in ("command", "extra", "progress")},
             "software": {"torch": torch.__version__, "python": sys.version.split()[0]},
+            "device": device_note,
             **opts.extra,
         },
     )

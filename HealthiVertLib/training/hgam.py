@@ -227,8 +227,9 @@ def _per_vertebra(model: FractureClassifier, ds: HgamDataset) -> dict[str, float
     vertebra are correlated, so this is the less flattering, more honest count."""
     from sklearn.metrics import roc_auc_score
 
+    device = next(model.parameters()).device
     with torch.no_grad():
-        p = model(torch.from_numpy(ds.images)).softmax(1)[:, 1].numpy()
+        p = model(torch.from_numpy(ds.images).to(device)).softmax(1)[:, 1].cpu().numpy()
     keys = sorted(set(zip(ds.cases.tolist(), ds.levels)))
     levels = np.array(ds.levels)
     mean_p, truth = [], []
@@ -244,19 +245,27 @@ def _per_vertebra(model: FractureClassifier, ds: HgamDataset) -> dict[str, float
 
 def train_hgam(out: str | Path, *, cases: int = 80, val_cases: int = 20, epochs: int = 12, batch_size: int = 32,
                lr: float = 2e-3, seed: int = 0, rows: int = 96, cols: int = 64, spacing: float = 1.5,
-               step_mm: float = 3.0, width: int = 16, command: str = "", progress: bool = True) -> dict[str, float]:
+               step_mm: float = 3.0, width: int = 16, command: str = "", progress: bool = True,
+               device: str | None = None) -> dict[str, float]:
     """Train the HGAM fracture classifier on simulated phantoms and write
     ``OUT/hgam_classifier.safetensors`` + model card; returns the validation metrics.
 
     The slice geometry (``rows`` × ``cols`` px at ``spacing`` mm) must match the generator's.
     Training and validation phantoms are disjoint cases; everything is deterministic for ``seed``.
+    ``device``: ``auto`` (default; a GPU only when a test kernel runs on it), ``cpu``, ``cuda[:N]`` or
+    ``mps`` (``engines.generator.devices.choose_device``; the chosen device is printed on stderr).
     """
+    import sys
     import time
 
+    from ..engines.generator.devices import choose_device
     from ..engines.generator.weights import SIMULATED_DATA_NOTICE, ModelCard, save_weights
 
     if cases < 2 or val_cases < 1 or epochs < 1:
         raise HealthiVertError("train-hgam needs at least 2 training phantoms, 1 validation phantom and 1 epoch.")
+    choice = choose_device(device)
+    print(f"healthivert: {choice.note}", file=sys.stderr)
+    dev = choice.device
     t0 = time.perf_counter()
     torch.manual_seed(seed)
     train_seeds, val_seeds = split_seeds(cases, val_cases, seed)
@@ -264,17 +273,17 @@ def train_hgam(out: str | Path, *, cases: int = 80, val_cases: int = 20, epochs:
     val_set = build_dataset(val_seeds, (rows, cols), spacing, step_mm, progress)
     prep_s = time.perf_counter() - t0
     config = ClassifierConfig(width=width, image_size=(rows, cols), spacing_mm=(spacing, spacing))
-    model = FractureClassifier(config)
-    x, y = torch.from_numpy(train_set.images), torch.from_numpy(train_set.labels)
+    model = FractureClassifier(config).to(dev)
+    x, y = torch.from_numpy(train_set.images).to(dev), torch.from_numpy(train_set.labels).to(dev)
     history = train_classifier(model, x, y, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, progress=progress)
-    metrics = evaluate(model, torch.from_numpy(val_set.images), val_set.labels)
+    metrics = evaluate(model, torch.from_numpy(val_set.images).to(dev), val_set.labels)
     metrics.update(_per_vertebra(model, val_set))
     per_grade = {}
     for g in range(4):
         sel = val_set.grades == g
         if sel.any():
             with torch.no_grad():
-                p = model(torch.from_numpy(val_set.images[sel])).softmax(1)[:, 1].numpy()
+                p = model(torch.from_numpy(val_set.images[sel]).to(dev)).softmax(1)[:, 1].cpu().numpy()
             per_grade[str(g)] = {"n": int(sel.sum()), "called_fractured": round(float((p >= 0.5).mean()), 4)}
     wall_s = time.perf_counter() - t0
     card = ModelCard(
@@ -297,7 +306,8 @@ def train_hgam(out: str | Path, *, cases: int = 80, val_cases: int = 20, epochs:
                "epochs": epochs, "batch_size": batch_size, "lr": lr, "seed": seed,
                "preparation_s": round(prep_s, 1), "wall_s": round(wall_s, 1),
                "parameters": sum(p.numel() for p in model.parameters()),
-               "cam_layer": "stages[-1] (1/16 of the slice)", "software": {"torch": torch.__version__}},
+               "cam_layer": "stages[-1] (1/16 of the slice)", "software": {"torch": torch.__version__},
+               "device": choice.note},
     )
     save_weights(model, Path(out) / "hgam_classifier.safetensors", card)
     return metrics

@@ -37,6 +37,7 @@ from ..base import EngineUnavailable, HealthyPrediction, Neighbour
 from ...errors import HealthiVertError
 from ...processes import decided_threads
 from . import slices as gd
+from .devices import choose_device
 from .networks import Generator, model_to_hu
 from ...io.images import check_looks_like_ct
 from ...io.resources import WEIGHTS_DIR
@@ -47,21 +48,6 @@ NEEDS_CT = (
     "the generator engine synthesizes the vertebra from the CT image and needs it: pass --ct, or use "
     "--engine context, which works on the labels alone"
 )
-
-
-def resolve_device(device: str | None) -> torch.device:
-    """``None``/``"auto"``: CUDA when available, else CPU; otherwise the named device (checked)."""
-    if device in (None, "", "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise HealthiVertError(f"Unknown device {device!r}; use cpu, cuda, cuda:0 or auto.") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise HealthiVertError(f"Device {device!r} was requested but PyTorch sees no CUDA GPU; use --device cpu.")
-    if dev.type not in ("cpu", "cuda"):
-        raise HealthiVertError(f"Device {device!r} is not supported; use cpu or cuda.")
-    return dev
 
 
 def load_model(weights: str | Path | None, device: torch.device) -> tuple[Generator, dict[str, Any], str]:
@@ -109,7 +95,8 @@ class GeneratorEngine:
     ) -> None:
         if (threads := decided_threads()) is not None:  # processes.set_threads decided for this process
             torch.set_num_threads(threads)
-        self.device = resolve_device(device)
+        self.device_choice = choose_device(device)  # auto: a GPU only when a test kernel runs on it
+        self.device = self.device_choice.device
         self.model, self.card, self.weights_name = load_model(weights, self.device)
         cfg = self.model.config
         if abs(cfg.spacing_mm[0] - cfg.spacing_mm[1]) > 1e-6:
@@ -123,6 +110,11 @@ class GeneratorEngine:
         self.iterative = iterative
         self.classifier, self.hgam_status = self._hgam_classifier(weights, extra.get("hgam_classifier"), hgam)
         self._ct: gd.CTSampler | None = None
+
+    @property
+    def notes(self) -> list[str]:
+        """One line each for the report: the device (and why, on a fall-back), the weights, HGAM."""
+        return [self.device_choice.note, f"weights: {self.weights_name}", f"HGAM: {self.hgam_status}"]
 
     def _hgam_classifier(self, weights: str | Path | None, name: str | None, hgam: bool | str | Path):
         """(HGAM fracture classifier, status sentence), ``hgam.load_hgam``: the classifier named in the
