@@ -20,7 +20,6 @@ import os
 import re
 import shutil
 import signal
-import sys
 import tempfile
 import time
 import traceback
