@@ -114,7 +114,7 @@ class GeneratorEngine:
     @property
     def notes(self) -> list[str]:
         """One line each for the report: the device (and why, on a fall-back), the weights, HGAM."""
-        return [self.device_choice.note, f"weights: {self.weights_name}", f"HGAM: {self.hgam_status}"]
+        return [self.device_choice.note, f"weights: {self.weights_name}", self.hgam_status]
 
     def _hgam_classifier(self, weights: str | Path | None, name: str | None, hgam: bool | str | Path):
         """(HGAM fracture classifier, status sentence), ``hgam.load_hgam``: the classifier named in the
