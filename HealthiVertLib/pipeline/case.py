@@ -74,7 +74,7 @@ def grade_case(
     trusted = [v for v in levels if not qc or v.label not in mask_qc.findings]
     bodies = SpineBodies(case, trusted or levels)
     timing["geometry"] = time.perf_counter() - t0
-    ct_ijk = array_ijk(case.ct) if case.ct is not None else None
+    ct_ijk = array_ijk(case.ct) if case.ct is not None else None  # the CT's box may be larger than the labels'
     out = VolumeWriter(case.seg) if volumes else None
     cf = CounterfactualSeries(case.seg, volumes) if counterfactuals else None
     results = []
@@ -165,7 +165,7 @@ def _grade_one(
     bodies: SpineBodies,
     engine: PseudoHealthyEngine,
     grader: Grader,
-    case: Case,
+    case: SpineCase,
     ct_ijk: np.ndarray | None,
     out: "VolumeWriter | None",
     timing: dict[str, float],
@@ -222,7 +222,7 @@ def _grade_one(
     if out is not None:
         out.add(target.label, body, prediction.occupancy, m.loss_map)
         if prediction.ct is not None and case.ct is not None:
-            out.add_ct(body, prediction.ct, case.ct)
+            out.add_ct(body, prediction.ct, case.ct_on_seg_grid)
     _add(timing, "views", time.perf_counter() - t)
     if cf is not None:
         t = time.perf_counter()

@@ -4,9 +4,10 @@ A whole-spine CT is mostly not spine: a 400 mm field of view holds the spine in 
 voxels. :func:`crop_to_spine` finds, once, the index box of the input grid that grading can read
 or write -- each vertebra's 1 mm block in its local frame (``geometry.body.body_block``: the
 label's box, the room for a taller pseudo-healthy body, the frame's tilt) and, for engines that
-read the CT around a vertebra (``ct_reach_mm``), that reach -- and returns a :class:`SpineCase`:
-the same case cropped to it (labels, CT, subregions; physical geometry kept), with the vertebrae
-found on the full grid. :func:`~HealthiVertLib.pipeline.case.grade_case` grades inside it and
+read the CT around a vertebra (``ct_reach_mm``), the CT's own, larger box with that reach -- and
+returns a :class:`SpineCase`: the same case cropped to them (labels, subregions and the output
+volumes to the first box, the CT to the second; physical geometry kept), with the vertebrae found
+on the full grid. :func:`~HealthiVertLib.pipeline.case.grade_case` grades inside it and
 :class:`SpineRegion` puts the output volumes back on the input grid.
 
 Nothing of the input is lost: the box holds every voxel any step samples (blocks plus two voxels
@@ -95,14 +96,22 @@ class SpineCase(Case):
     """A :class:`~HealthiVertLib.io.case.Case` cropped to its :class:`SpineRegion`.
 
     ``levels`` are the vertebrae found on the full grid (centroids in world mm, boxes in the crop's
-    index space); ``full_ct`` the input CT on the full grid, kept only for engines that synthesize
-    CT (the pseudo-healthy CT is the input CT with the vertebrae replaced).
+    index space); ``full_ct`` the input CT on the full grid (int16 when it holds whole HU), kept only
+    for engines that synthesize CT (the pseudo-healthy CT is the input CT with the vertebrae replaced).
     """
 
     region: SpineRegion | None = None
     levels: list[SpineLevel] = dataclasses.field(default_factory=list)
     full_ct: sitk.Image | None = None
     ct_reach_mm: float = 0.0
+    ct_region: SpineRegion | None = None  # the CT's own box: ``region`` plus the engine's reach (None: ``region``)
+
+    def ct_on_seg_grid(self) -> sitk.Image | None:
+        """The CT cut to the labels' box (``region``), where the output volumes are made."""
+        if self.ct is None or self.ct_region is None or self.ct_region == self.region:
+            return self.ct
+        offset = [int(a - b) for a, b in zip(self.region.start, self.ct_region.start)]
+        return sitk.RegionOfInterest(self.ct, list(self.region.size), offset)
 
 
 def crop_to_spine(case: Case, ct_reach_mm: float = 0.0, keep_full_ct: bool = False) -> SpineCase:
@@ -115,13 +124,31 @@ def crop_to_spine(case: Case, ct_reach_mm: float = 0.0, keep_full_ct: bool = Fal
     if isinstance(case, SpineCase):
         return case
     levels = spine_levels(case)
-    region = spine_region(case.seg, levels, ct_reach_mm if case.ct is not None else 0.0)
+    region = spine_region(case.seg, levels)
+    ct_region = region
+    if case.ct is not None and ct_reach_mm > 0 and not region.is_whole:
+        ct_region = spine_region(case.seg, levels, ct_reach_mm)
     shift = np.asarray(region.start)
     inside = [dataclasses.replace(v, bbox=(v.bbox[0] - shift, v.bbox[1] - shift)) for v in levels]
     values = {f.name: getattr(case, f.name) for f in dataclasses.fields(case)}
-    values.update(seg=region.crop(case.seg), ct=region.crop(case.ct), subregions=region.crop(case.subregions))
-    return SpineCase(**values, region=region, levels=inside, full_ct=case.ct if keep_full_ct else None,
-                     ct_reach_mm=ct_reach_mm)
+    full_ct = compact_ct(case.ct) if keep_full_ct and case.ct is not None else None
+    ct = ct_region.crop(full_ct if full_ct is not None else case.ct)  # int16 where whole HU: every reader interpolates to float32
+    values.update(seg=region.crop(case.seg), ct=ct, subregions=region.crop(case.subregions))
+    return SpineCase(**values, region=region, levels=inside, full_ct=full_ct, ct_reach_mm=ct_reach_mm,
+                     ct_region=ct_region)
+
+
+def compact_ct(ct: sitk.Image) -> sitk.Image:
+    """``ct`` as int16 when every value is a whole number of HU within int16 (a CT file's integers,
+    read as float32), which halves the memory it takes; else ``ct`` itself. Checked slab by slab."""
+    if ct.GetPixelID() == sitk.sitkInt16:
+        return ct
+    array = sitk.GetArrayViewFromImage(ct)
+    for k in range(0, array.shape[0], 16):
+        slab = array[k:k + 16]
+        if slab.min() < -32768 or slab.max() > 32767 or not np.all(np.mod(slab, 1) == 0):
+            return ct
+    return sitk.Cast(ct, sitk.sitkInt16)
 
 
 def spine_region(seg: sitk.Image, levels: list[SpineLevel], ct_reach_mm: float = 0.0) -> SpineRegion:

@@ -8,6 +8,7 @@ input grid.
 
 from __future__ import annotations
 
+from typing import Callable
 
 import numpy as np
 import SimpleITK as sitk
@@ -45,9 +46,9 @@ def _sample_plane(ct_ijk: np.ndarray, ct: sitk.Image, body: VertebralBody, iv: i
     block = body.block
     matrix, offset = block_to_index_affine(ct, body.frame, block)
     offset = offset + matrix[:, 2] * iv
-    plane = ndimage.affine_transform(
-        ct_ijk.astype(np.float32, copy=False), matrix, offset,
-        output_shape=(block.shape[0], block.shape[1], 1), order=1, cval=-1024.0,
+    plane = ndimage.affine_transform(  # float32 out of any CT type, without a float copy of the CT
+        ct_ijk, matrix, offset, output_shape=(block.shape[0], block.shape[1], 1), order=1, cval=-1024.0,
+        output=np.float32,
     )
     return plane[:, :, 0]
 
@@ -104,10 +105,11 @@ class VolumeWriter:
             out.append(img)
         return tuple(out)
 
-    def add_ct(self, body: VertebralBody, ct_block: np.ndarray, ct: sitk.Image) -> None:
-        """Paste a pseudo-healthy CT (HU on the body's block; NaN = not synthesized) into a copy of the CT."""
+    def add_ct(self, body: VertebralBody, ct_block: np.ndarray, ct: Callable[[], sitk.Image]) -> None:
+        """Paste a pseudo-healthy CT (HU on the body's block; NaN = not synthesized) into a copy of the CT;
+        ``ct()`` gives the CT on the volumes' grid (asked once)."""
         if self.healthy_ct is None:
-            self.healthy_ct = sitk.GetArrayFromImage(ct).astype(np.float32)
+            self.healthy_ct = sitk.GetArrayFromImage(ct()).astype(np.float32)
             self.ct_is_integer = _whole_hu(self.healthy_ct)
         covered = np.isfinite(ct_block)
         support = _support(covered)
