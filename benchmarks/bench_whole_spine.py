@@ -195,7 +195,8 @@ def run(args) -> dict:
                 if args.json:
                     Path(args.json).write_text(json.dumps({"cases": cases, "results": results}, indent=1))
     return {"cases": cases, "results": results, "impls": {k: str(v) for k, v in impls.items()},
-            "elapsed_s": time.perf_counter() - t0, "repeats": args.repeats}
+            "elapsed_s": time.perf_counter() - t0, "repeats": args.repeats,
+            "measured": [{"engines": args.engines, "commits": {k: _commit(v) for k, v in impls.items()}}]}
 
 
 # --------------------------------------------------------------------------- report
@@ -232,8 +233,9 @@ def render(data: dict) -> str:
     lines = ["# Benchmark: a whole-spine, full-resolution CT (issue 13)", "",
              f"Measured {now} by `benchmarks/bench_whole_spine.py` on {platform.processor() or platform.machine()}, "
              f"{cores} cores shared with other jobs (timings are noisy: the two implementations ran interleaved, "
-             f"medians of {data['repeats']} runs). Current code: {_commit(Path(impls['new']))}"
-             + (f"; previous: {_commit(Path(impls['previous']))}." if have_prev else "."), "",
+             f"medians of up to {data['repeats']} runs per configuration). Code measured: "
+             + "; ".join(f"{', '.join(m['engines'])}: " + ", ".join(f"{k} {c}" for k, c in m["commits"].items())
+                         for m in data["measured"]) + ".", "",
              "Reproduce: `git worktree add /tmp/hv-base <previous commit>` then "
              "`python benchmarks/bench_whole_spine.py --baseline /tmp/hv-base --markdown benchmarks/whole_spine.md`.", "",
              "Cold command `healthivert grade --seg SEG --ct CT --all --engine E [--no-figures]`, every output written. "
@@ -244,7 +246,7 @@ def render(data: dict) -> str:
     lines += _table(["case", "voxels", "spacing mm", "Mvoxel"], rows) + [""]
     lines += ["`whole`: T1–L5 phantom padded with air to 512×512×595; `unpadded`: the same spine on its own grid; "
               "`crop3`: L1–L3 of it; `sample`: the bundled TotalSegmentator sample (3 mm).", "", "## Wall time and memory", ""]
-    header = ["case", "engine", "figures", "graded"]
+    header = ["case", "engine", "figures", "graded", "runs"]
     if have_prev:
         header += ["previous s", "new s", "time ratio", "previous RSS MB", "new RSS MB", "RSS ratio",
                    "new tree RSS MB", "new s / vertebra"]
@@ -257,7 +259,7 @@ def render(data: dict) -> str:
         if not new:
             continue
         n = new[0]["graded"]
-        row = [case, engine, "yes" if fig == "1" else "no", str(n)]
+        row = [case, engine, "yes" if fig == "1" else "no", str(n), str(len(new))]
         w, m, tree = _median(new, "wall_s"), _median(new, "rss_mb"), _median(new, "tree_rss_mb")
         if have_prev:
             prev = results.get(f"{case}|{engine}|{fig}|previous", [])
@@ -369,7 +371,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(make_cases(Path(args.work))))
         return 0
     if args.merge:
-        data = {"cases": {}, "results": {}, "impls": {}, "elapsed_s": 0.0, "repeats": 0}
+        data = {"cases": {}, "results": {}, "impls": {}, "elapsed_s": 0.0, "repeats": 0, "measured": []}
         for path in args.merge:
             part = json.loads(Path(path).read_text())
             data["cases"].update(part["cases"])
@@ -377,6 +379,7 @@ def main(argv: list[str] | None = None) -> int:
             data["impls"].update(part.get("impls", {}))
             data["elapsed_s"] += part.get("elapsed_s", 0.0)
             data["repeats"] = max(data["repeats"], part.get("repeats", 0))
+            data["measured"] += part.get("measured", [])
     else:
         data = run(args)
         if args.json:
