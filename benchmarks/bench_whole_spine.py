@@ -365,6 +365,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--merge", nargs="*", default=[], metavar="JSON",
                         help="render these raw files (from --json) together instead of measuring")
     parser.add_argument("--markdown", metavar="PATH")
+    parser.add_argument("--note", action="append", default=[], help="a line for the report's Notes (repeatable)")
     parser.add_argument("--make-cases", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.make_cases:
@@ -385,6 +386,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.json:
             Path(args.json).write_text(json.dumps(data, indent=1))
     text = render(data)
+    if args.note:
+        text += "\n## Notes\n\n" + "\n".join(f"- {n}" for n in args.note) + "\n"
     print(text)
     if args.markdown:
         Path(args.markdown).write_text(text, encoding="utf-8")
