@@ -58,7 +58,7 @@ def make_cohort(folder: Path) -> Path:
         sitk.WriteImage(phantom.ct, str(case / "ct.nii.gz"), useCompression=True)
         lines.append(f"phantom{k},phantom{k}/seg.nii.gz,phantom{k}/ct.nii.gz")
     manifest = folder / "manifest.csv"
-    manifest.write_text("\n".join(lines) + "\n")
+    manifest.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return manifest
 
 
@@ -118,7 +118,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="hv-bench-batch-") as tmp:
         tmp = Path(tmp)
         manifest = make_cohort(tmp / "cohort")
-        n_cases = len(manifest.read_text().splitlines()) - 1
+        n_cases = len(manifest.read_text(encoding="utf-8").splitlines()) - 1
         results = []
         for figures in ([False] if args.no_figures_only else [True, False]):
             for executor, workers in CONFIGS:
@@ -132,7 +132,7 @@ def main() -> int:
     text = report(results, n_cases, load_before)
     print(text)
     if args.markdown:
-        args.markdown.write_text(text)
+        args.markdown.write_text(text, encoding="utf-8")
     return 0
 
 

@@ -158,8 +158,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--render", action="store_true", help="only rewrite the Markdown from the JSON beside it.")
     args = parser.parse_args(argv)
     if args.render:
-        data = json.loads(args.markdown.with_suffix(".json").read_text())
-        args.markdown.write_text(render(data["meta"], data["real"], data["phantoms"]))
+        data = json.loads(args.markdown.with_suffix(".json").read_text(encoding="utf-8"))
+        args.markdown.write_text(render(data["meta"], data["real"], data["phantoms"]), encoding="utf-8")
         return 0
     import torch
 
@@ -206,8 +206,8 @@ def main(argv: list[str] | None = None) -> int:
             f"{len(__import__('os').sched_getaffinity(0))} cores usable", "torch": torch.__version__,
             "weights": gen.weights_name, "hgam": gen.hgam_status, "device": gen.device_choice.note}
     args.markdown.with_suffix(".json").write_text(json.dumps({"meta": meta, "real": rows, "phantoms": phantom_rows},
-                                                             indent=1, default=float) + "\n")
-    args.markdown.write_text(render(meta, rows, phantom_rows))
+                                                             indent=1, default=float) + "\n", encoding="utf-8")
+    args.markdown.write_text(render(meta, rows, phantom_rows), encoding="utf-8")
     print(f"wrote {args.markdown} in {meta['wall_min']} min")
     return 0
 
@@ -244,7 +244,7 @@ def real_benchmark_lines() -> list[str]:
     path = ROOT / "benchmarks" / "real.json"
     if not path.exists():
         return ["(`benchmarks/real.json` is missing: run `healthivert bench --real`.)", ""]
-    metrics = json.loads(path.read_text())["metrics"]
+    metrics = json.loads(path.read_text(encoding="utf-8"))["metrics"]
     lines = [("The committed real benchmark ([`real.md`](real.md), `healthivert bench --real`: all 30 graded vertebrae of "
              "the 4 subjects; a vertebra an engine cannot measure counts as wrong; the spine prior and the refitted "
              "graders leave-one-subject-out), macro-F1 / Genant 2-3 found / coverage:"), "",

@@ -146,7 +146,7 @@ def measure(impl: Path, case: dict, engine: str, figures: bool) -> dict:
         proc.stderr.close()
         if os.waitstatus_to_exitcode(status) != 0:
             raise RuntimeError(f"{' '.join(cmd)} (PYTHONPATH={impl}) failed:\n{err[-3000:]}")
-        report = json.loads((Path(tmp) / "report.json").read_text())
+        report = json.loads((Path(tmp) / "report.json").read_text(encoding="utf-8"))
     graded = [v for v in report["vertebrae"] if v["status"] == "graded"]
     return {"wall_s": wall, "rss_mb": usage.ru_maxrss / 1024, "tree_rss_mb": peak[0] / 2**20,
             "stages": report["timing_s"], "graded": len(graded), "vertebrae": len(report["vertebrae"]),
@@ -193,7 +193,7 @@ def run(args) -> dict:
                       f"{name:8s} {m['wall_s']:6.2f} s {m['rss_mb']:6.0f} MB (tree {m['tree_rss_mb']:.0f})",
                       file=sys.stderr, flush=True)
                 if args.json:
-                    Path(args.json).write_text(json.dumps({"cases": cases, "results": results}, indent=1))
+                    Path(args.json).write_text(json.dumps({"cases": cases, "results": results}, indent=1), encoding="utf-8")
     return {"cases": cases, "results": results, "impls": {k: str(v) for k, v in impls.items()},
             "elapsed_s": time.perf_counter() - t0, "repeats": args.repeats,
             "measured": [{"engines": args.engines, "commits": {k: _commit(v) for k, v in impls.items()}}]}
@@ -374,7 +374,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.merge:
         data = {"cases": {}, "results": {}, "impls": {}, "elapsed_s": 0.0, "repeats": 0, "measured": []}
         for path in args.merge:
-            part = json.loads(Path(path).read_text())
+            part = json.loads(Path(path).read_text(encoding="utf-8"))
             data["cases"].update(part["cases"])
             data["results"].update(part["results"])
             data["impls"].update(part.get("impls", {}))
@@ -384,7 +384,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         data = run(args)
         if args.json:
-            Path(args.json).write_text(json.dumps(data, indent=1))
+            Path(args.json).write_text(json.dumps(data, indent=1), encoding="utf-8")
     text = render(data)
     if args.note:
         text += "\n## Notes\n\n" + "\n".join(f"- {n}" for n in args.note) + "\n"

@@ -510,7 +510,7 @@ def main(argv: list[str] | None = None) -> int:
                "weights": engine.weights_name, "device": engine.device_choice.note, "hgam": engine.hgam_status,
                "intensity": stats, "summary": summary, "figures": figures,
                "vertebrae": [{k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()} for r in rows]}
-    (OUT / "numbers.json").write_text(json.dumps(numbers, indent=1) + "\n")
+    (OUT / "numbers.json").write_text(json.dumps(numbers, indent=1) + "\n", encoding="utf-8")
     print(json.dumps({"summary": summary, "intensity": stats}, indent=1))
     for r in real_rows:
         print(f"{r['subject']} {r['level']} g{r['grade']}: extent {r['slice_extent_mm']:.1f} head {r['shrm_pred_mm']:.1f} "

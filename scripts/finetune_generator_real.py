@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     manifest = args.out / "train_cases.csv"
     manifest.write_text("case,seg,ct\n" + "".join(
-        f"{s},{DATA / f'{s}_seg-vert_msk.nii.gz'},{DATA / f'{s}_ct.nii.gz'}\n" for s in args.train))
+        f"{s},{DATA / f'{s}_seg-vert_msk.nii.gz'},{DATA / f'{s}_ct.nii.gz'}\n" for s in args.train), encoding="utf-8")
     command = "python scripts/finetune_generator_real.py " + " ".join(argv if argv is not None else sys.argv[1:])
     opts = TrainOptions(out=str(args.out), phantoms=args.phantoms, cases=str(manifest), grades=str(DATA / "vertebra_data.json"),
                         max_grade=args.max_grade, val_phantoms=2, steps=100_000, batch_size=8, lr=args.lr, val_every=200,
@@ -110,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     train_min = (time.perf_counter() - t0) / 60
     result = {"train_minutes": round(train_min, 1), "bundled": evaluate(BUNDLED, args.val),
               "new": evaluate(args.out / "generator.safetensors", args.val)}
-    (args.out / "real_validation.json").write_text(json.dumps(result, indent=1) + "\n")
+    (args.out / "real_validation.json").write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
     for name in ("bundled", "new"):
         r = result[name]
         print(name, json.dumps(r["slices"]), json.dumps(r["largest_point_loss_pct"]))

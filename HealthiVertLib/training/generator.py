@@ -369,7 +369,7 @@ def train(opts: TrainOptions) -> tuple[Generator, dict[str, float]]:
     metrics: dict[str, float] = {}
     history = []
     if start and d.main and (out / "validation.json").is_file():  # a resumed run keeps its history
-        history = [h for h in json.loads((out / "validation.json").read_text()) if h.get("step", 0) <= start]
+        history = [h for h in json.loads((out / "validation.json").read_text(encoding="utf-8")) if h.get("step", 0) <= start]
     bar = tqdm(range(start, opts.steps), initial=start, total=opts.steps, desc="training generator",
                disable=not (d.main and opts.progress))
     model.train()

@@ -95,3 +95,29 @@ def test_readme_package_map_matches_the_tree():
     tops = {m.split("/")[0] for m in modules | set(PACKAGES)}
     stale = sorted(n for n in named if "/" in n and n.split("/")[0] in tops and n not in modules | set(PACKAGES))
     assert not stale, f"README 'How it works' names what is not in the tree: {stale}"
+
+
+def _text_io_without_encoding(tree: ast.Module) -> list[int]:
+    """Lines that read or write text without naming the encoding (``read_text()``, ``open(p)``, ``open(p, "w")``)."""
+    lines = []
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.Call) or any(k.arg == "encoding" for k in node.keywords):
+            continue
+        func = node.func
+        name = func.attr if isinstance(func, ast.Attribute) else func.id if isinstance(func, ast.Name) else ""
+        if name in ("read_text", "write_text"):
+            lines.append(node.lineno)
+        elif name == "open" and not (isinstance(func, ast.Attribute) and func.attr == "open" and
+                                     not (isinstance(func.value, ast.Name) and func.value.id in ("io", "builtins"))):
+            mode = node.args[1] if len(node.args) > 1 else next((k.value for k in node.keywords if k.arg == "mode"), None)
+            if not (isinstance(mode, ast.Constant) and "b" in str(mode.value)):
+                lines.append(node.lineno)
+    return lines
+
+
+def test_text_files_are_read_and_written_as_utf8():
+    """Reports, tables and READMEs hold non-ASCII text (—, ³, ≥); without an explicit encoding Python uses
+    the locale's, which is ASCII on a bare machine or a service without LANG, and every read fails there."""
+    offending = [f"{path.relative_to(ROOT)}:{line}" for path in _python_files()
+                 for line in _text_io_without_encoding(ast.parse(path.read_text(encoding="utf-8")))]
+    assert not offending, "pass encoding=\"utf-8\": " + ", ".join(offending)

@@ -37,7 +37,7 @@ def _manifest(tmp_path: Path, names: list[str], seg: Path = SAMPLE_SEG) -> Path:
         shutil.copy(seg, data / f"c{k}_seg.nii.gz")
         lines.append(f'"{name}",data/c{k}_seg.nii.gz')
     manifest = tmp_path / "manifest.csv"
-    manifest.write_text("\n".join(lines) + "\n")
+    manifest.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return manifest
 
 
@@ -54,7 +54,7 @@ def _assert_same_outputs(a: Path, b: Path) -> None:
     assert _files(a) == _files(b)
     for name in _files(a):
         if name == "report.json":
-            ja, jb = (json.loads((d / name).read_text()) for d in (a, b))
+            ja, jb = (json.loads((d / name).read_text(encoding="utf-8")) for d in (a, b))
             ja.pop("timing_s"), jb.pop("timing_s")
             assert ja == jb
         elif name.endswith((".nii.gz", ".csv")):
@@ -87,9 +87,9 @@ def test_manifest_names_never_write_outside_out(tmp_path, capsys):
     assert sorted(p.name for p in out.iterdir() if p.is_dir()) == ["___.._escape", "_abs_evil", "sub_dir"]
     assert {p.name for p in tmp_path.iterdir()} == {"data", "manifest.csv", "work"}
     assert not Path("/abs").exists()
-    assert json.loads((out / "___.._escape" / "report.json").read_text())["case"] == "../../escape"
+    assert json.loads((out / "___.._escape" / "report.json").read_text(encoding="utf-8"))["case"] == "../../escape"
     capsys.readouterr()
-    (tmp_path / "bad.csv").write_text(f"case,seg\n..,{SAMPLE_SEG}\n")
+    (tmp_path / "bad.csv").write_text(f"case,seg\n..,{SAMPLE_SEG}\n", encoding="utf-8")
     assert run("batch", tmp_path / "bad.csv", "--out", tmp_path / "o2", *QUICK) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "cannot name a folder" in err and not (tmp_path / "o2").exists()
@@ -125,14 +125,14 @@ def test_changed_input_or_option_redoes_the_case_and_leftovers_are_ignored(tmp_p
     assert {r["status"] for r in _cases(out).values()} == {"skipped (done before)"}
     # a killed run's temporary folder holding a marker, and beta's marker from a version without provenance
     shutil.copytree(out / "beta", out / ".partial-beta-abcd1234")
-    legacy = json.loads((out / "beta" / COMPLETE_MARKER).read_text())
+    legacy = json.loads((out / "beta" / COMPLETE_MARKER).read_text(encoding="utf-8"))
     legacy.pop("provenance")
-    (out / "beta" / COMPLETE_MARKER).write_text(json.dumps(legacy))
+    (out / "beta" / COMPLETE_MARKER).write_text(json.dumps(legacy), encoding="utf-8")
     shutil.copy(TPT_SEG, tmp_path / "data" / "c0_seg.nii.gz")  # alpha's labels changed
     assert run(*args) == 0
     cases = _cases(out)
     assert cases["alpha"]["status"] == cases["beta"]["status"] == "done"
-    assert json.loads((out / "alpha" / "report.json").read_text())["vertebrae"][0]["level"] == "L3"
+    assert json.loads((out / "alpha" / "report.json").read_text(encoding="utf-8"))["vertebrae"][0]["level"] == "L3"
     assert not any(p.name.startswith(".") for p in out.iterdir())
     assert run("batch", manifest, "--out", out, "--vertebra", "L4", *QUICK) == 0  # another option: redone
     assert {r["status"] for r in _cases(out).values()} == {"done"}
@@ -296,7 +296,7 @@ def test_dask_against_a_real_scheduler_gives_the_process_pool_results(tmp_path, 
         assert (pool_out / name).read_bytes() == (dask_out / name).read_bytes(), name
     by_level = {r["level"]: r for r in csv.DictReader((pool_out / "summary_by_level.csv").open())}
     assert by_level["L2"]["grade_0"] == "2" and by_level["L3"]["vertebrae"] == "2"
-    page = (dask_out / "index.html").read_text()
+    page = (dask_out / "index.html").read_text(encoding="utf-8")
     assert 'href="alpha/index.html"' in page and 'href="gamma/index.html"' not in page
     assert "gamma" in page and html_escaped(rows[0][2]["error"]) in page
     assert (dask_out / "cohort_grades.png").read_bytes().startswith(b"\x89PNG")

@@ -148,12 +148,12 @@ def test_bench_quick_writes_the_tables(tmp_path, capsys) -> None:
     # the generator engine (when installed) takes tens of seconds per vertebra on a CPU: not here
     args = ["--quick", "--phantoms", "0", "--estimators", "context", "minmax", "neighbours"]
     assert main(["bench", *args, "--progress", "none", "--out", str(out)]) == 0
-    text = out.read_text()
+    text = out.read_text(encoding="utf-8")
     for name in ("context", "minmax", "neighbours"):
         assert f"| `{name}` |" in text
     assert "leave-one-subject-out" in text and "healthivert bench --quick" in text
     assert (tmp_path / "figures" / "accuracy_real_scatter.png").stat().st_size > 1000
-    raw = json.loads((tmp_path / "accuracy.json").read_text())
+    raw = json.loads((tmp_path / "accuracy.json").read_text(encoding="utf-8"))
     rows = {r["case_id"]: r for r in raw["vertebrae"]}
     assert set(rows) == {"sample-totalsegmentator/L3/none", "sample-totalsegmentator/L3/wedge/0.4",
                          "sample-totalsegmentator/L3/crush/0.4"}

@@ -38,7 +38,7 @@ def test_grade_one_vertebra_writes_every_output(tmp_path, capsys):
     out = tmp_path / "out"
     before = {p: sha256(p) for p in (SAMPLE_SEG, SAMPLE_CT)}
     assert run("grade", "--seg", SAMPLE_SEG, "--ct", SAMPLE_CT, "--vertebra", "L3", "--out", out, "--progress", "none") == 0
-    report = json.loads((out / "report.json").read_text())
+    report = json.loads((out / "report.json").read_text(encoding="utf-8"))
     assert report["engine"] == "spine" and report["coordinate_system"] == "LPS"
     (l3,) = report["vertebrae"]
     assert l3["level"] == "L3" and l3["label"] == 29 and l3["verse_label"] == 22
@@ -59,7 +59,7 @@ def test_mask_only_grading_and_progress_lines(tmp_path, capsys):
     assert run("grade", "--seg", SAMPLE_SEG, "--all", "--out", tmp_path, "--no-figures", "--progress", "lines") == 0
     lines = [x for x in capsys.readouterr().out.splitlines() if x.startswith(PROGRESS_PREFIX)]
     assert lines[-1].startswith(f"{PROGRESS_PREFIX} 100")
-    report = json.loads((tmp_path / "report.json").read_text())
+    report = json.loads((tmp_path / "report.json").read_text(encoding="utf-8"))
     status = {v["level"]: v["status"] for v in report["vertebrae"]}
     assert status["T12"] == "incomplete" and status["L2"] == "graded"
     assert report["inputs"]["ct"] is None and not (tmp_path / "figures").exists()
@@ -67,7 +67,7 @@ def test_mask_only_grading_and_progress_lines(tmp_path, capsys):
 
 def test_demo_runs_on_the_bundled_sample(tmp_path):
     assert run("demo", "--out", tmp_path, "--progress", "none", "--no-figures") == 0
-    report = json.loads((tmp_path / "report.json").read_text())
+    report = json.loads((tmp_path / "report.json").read_text(encoding="utf-8"))
     graded = [v["level"] for v in report["vertebrae"] if v["status"] == "graded"]
     assert graded == ["L1", "L2", "L3", "L4", "L5"]
 
@@ -121,7 +121,7 @@ def _folder(tmp_path):
 
 def _bad_grader(tmp_path):
     path = tmp_path / "grader.json"
-    path.write_text('{"format": "healthivert-svm-grader", "version": 1, "features": ["rhlv_ant')
+    path.write_text('{"format": "healthivert-svm-grader", "version": 1, "features": ["rhlv_ant', encoding="utf-8")
     return path
 
 
@@ -195,7 +195,7 @@ def test_batch_marks_failures_goes_on_and_resumes(tmp_path, capsys):
     assert (out / "gamma" / "error.txt").is_file()
     summary = list(csv.DictReader((out / "summary.csv").open()))
     assert {r["case"] for r in summary} == {"alpha", "beta"} and len(summary) == 14
-    alpha = json.loads((out / "alpha" / "report.json").read_text())
+    alpha = json.loads((out / "alpha" / "report.json").read_text(encoding="utf-8"))
     assert alpha["inputs"]["ct"].endswith("alpha_ct.nii.gz")
     capsys.readouterr()
     assert run("batch", src, "--out", out, "--no-figures", "--progress", "none") == 3
@@ -215,13 +215,13 @@ def test_batch_redoes_a_case_folder_without_the_marker(tmp_path, capsys):
     assert (out / "alpha" / COMPLETE_MARKER).is_file() and (out / "beta" / COMPLETE_MARKER).is_file()
     # alpha was interrupted while writing: a report.json (of another run) but no marker
     (out / "alpha" / COMPLETE_MARKER).unlink()
-    (out / "alpha" / "report.json").write_text('{"stale": true}')
+    (out / "alpha" / "report.json").write_text('{"stale": true}', encoding="utf-8")
     (out / "alpha" / "index.html").unlink()
     assert run(*args) == 0
     cases = {r["case"]: r for r in csv.DictReader((out / "cases.csv").open())}
     assert cases["alpha"]["status"] == "done" and cases["beta"]["status"].startswith("skipped")
     assert (out / "alpha" / COMPLETE_MARKER).is_file() and (out / "alpha" / "index.html").is_file()
-    assert json.loads((out / "alpha" / "report.json").read_text())["case"] == "alpha"
+    assert json.loads((out / "alpha" / "report.json").read_text(encoding="utf-8"))["case"] == "alpha"
     assert {r["case"] for r in csv.DictReader((out / "summary.csv").open())} == {"alpha", "beta"}
 
 
@@ -256,7 +256,7 @@ def test_sigterm_handler_is_restored_after_a_command(tmp_path):
 def test_batch_from_manifest(tmp_path):
     manifest = tmp_path / "cases.csv"
     shutil.copy(TPT_SEG, tmp_path / "tpt_msk.nii.gz")
-    manifest.write_text("case,seg,ct\nsample,%s,%s\ntpt,tpt_msk.nii.gz,\n" % (SAMPLE_SEG, SAMPLE_CT))
+    manifest.write_text("case,seg,ct\nsample,%s,%s\ntpt,tpt_msk.nii.gz,\n" % (SAMPLE_SEG, SAMPLE_CT), encoding="utf-8")
     out = tmp_path / "out"
     assert run("batch", manifest, "--out", out, "--no-figures", "--progress", "none") == 0
     assert (out / "sample" / "report.json").is_file() and (out / "tpt" / "report.json").is_file()
@@ -272,12 +272,12 @@ def test_train_grader_from_feature_table_and_grade_file(tmp_path):
             rows.append(f"sub-{s:03d},{label},graded,{loss:.4f},{loss / 2:.4f},{rng.normal(0, 0.02):.4f}")
             grades[f"sub-{s:03d}_{label}"] = grade
     table = tmp_path / "features.csv"
-    table.write_text("case,verse_label,status,rhlv_anterior,rhlv_middle,rhlv_posterior\n" + "\n".join(rows) + "\n")
+    table.write_text("case,verse_label,status,rhlv_anterior,rhlv_middle,rhlv_posterior\n" + "\n".join(rows) + "\n", encoding="utf-8")
     grade_file = tmp_path / "vertebra_data.json"
-    grade_file.write_text(json.dumps({"train": grades}))
+    grade_file.write_text(json.dumps({"train": grades}), encoding="utf-8")
     out = tmp_path / "grader.json"
     assert run("train-grader", table, "--grades", grade_file, "--out", out) == 0
-    assert json.loads(out.read_text())["format"] == "healthivert-svm-grader"
+    assert json.loads(out.read_text(encoding="utf-8"))["format"] == "healthivert-svm-grader"
     assert run("grade", "--seg", SAMPLE_SEG, "--vertebra", "L3", "--grader", out, "--out", tmp_path / "g",
                "--progress", "none", "--no-figures") == 0
 
@@ -303,7 +303,7 @@ def test_repeated_levels_are_graded_once(tmp_path):
     assert unique_levels(["L1", "T12", " l1", "L1", "t12"]) == ["L1", "T12"] and unique_levels(None) is None
     assert run("grade", "--seg", SAMPLE_SEG, "--vertebra", "L1", "L1", "l1", "--out", tmp_path, "--progress", "none",
                "--no-figures") == 0
-    report = json.loads((tmp_path / "report.json").read_text())
+    report = json.loads((tmp_path / "report.json").read_text(encoding="utf-8"))
     assert [v["level"] for v in report["vertebrae"]] == ["L1"]
 
 
@@ -327,7 +327,7 @@ def _out(kind: str, folder):
 def test_output_location_is_checked_before_any_computing(tmp_path, capsys, command):
     args, kind = OUT_COMMANDS[command]
     blocker = tmp_path / "a_file"
-    blocker.write_text("not a folder")
+    blocker.write_text("not a folder", encoding="utf-8")
     assert run(*args, "--out", _out(kind, blocker / "sub")) == 2
     _one_line_error(capsys, "--out '.*a_file.sub.*' lies under the file '.*a_file'")
     if kind == "dir":
@@ -336,7 +336,7 @@ def test_output_location_is_checked_before_any_computing(tmp_path, capsys, comma
     long_name = tmp_path / ("x" * 256)
     assert run(*args, "--out", _out(kind, long_name)) == 2
     _one_line_error(capsys, "256 bytes long; file systems allow at most 255")
-    assert blocker.read_text() == "not a folder" and list(tmp_path.iterdir()) == [blocker]
+    assert blocker.read_text(encoding="utf-8") == "not a folder" and list(tmp_path.iterdir()) == [blocker]
 
 
 def test_read_only_output_folder(tmp_path, capsys):

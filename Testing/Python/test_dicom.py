@@ -99,8 +99,8 @@ def test_dicom_series_reads_as_the_nifti_it_came_from(dicom_ct):
 
 def test_dicom_and_nifti_runs_agree(graded):
     dicom_run, nifti_run = graded
-    a = json.loads((dicom_run / "report.json").read_text())
-    b = json.loads((nifti_run / "report.json").read_text())
+    a = json.loads((dicom_run / "report.json").read_text(encoding="utf-8"))
+    b = json.loads((nifti_run / "report.json").read_text(encoding="utf-8"))
     assert [v["grade"] for v in a["vertebrae"]] == [v["grade"] for v in b["vertebrae"]]
     for va, vb in zip(a["vertebrae"], b["vertebrae"]):
         assert va["rhlv"] == pytest.approx(vb["rhlv"], abs=1e-9) if vb["rhlv"] else va["rhlv"] is None
@@ -118,7 +118,7 @@ def test_dicom_and_nifti_runs_agree(graded):
 
 def test_marker_lists_the_dicom_objects_and_rerun_replaces_them(graded):
     dicom_run, _ = graded
-    marker = json.loads((dicom_run / "healthivert_complete.json").read_text())
+    marker = json.loads((dicom_run / "healthivert_complete.json").read_text(encoding="utf-8"))
     listed = {entry["file"] for entry in marker["files"]}
     on_disk = {f"dicom/{p.name}" for p in (dicom_run / "dicom").iterdir()}
     assert on_disk == {"dicom/seg_bodies.dcm", "dicom/seg_pseudo_healthy.dcm", "dicom/sr.dcm", "dicom/height_loss_pm.dcm"}
@@ -127,7 +127,7 @@ def test_marker_lists_the_dicom_objects_and_rerun_replaces_them(graded):
 
 def test_seg_reads_back_with_one_coded_segment_per_vertebra(graded, dicom_ct):
     dicom_run, _ = graded
-    report = json.loads((dicom_run / "report.json").read_text())
+    report = json.loads((dicom_run / "report.json").read_text(encoding="utf-8"))
     bodies = sitk.GetArrayFromImage(sitk.ReadImage(str(dicom_run / "original_body_label.nii.gz")))
     ct = pydicom.dcmread(min(dicom_ct.iterdir()), stop_before_pixels=True)
     seg = hd.seg.segread(dicom_run / "dicom" / "seg_bodies.dcm")
@@ -160,7 +160,7 @@ def test_seg_reads_back_with_one_coded_segment_per_vertebra(graded, dicom_ct):
 
 def test_sr_holds_one_group_per_vertebra_linked_to_its_segment(graded, dicom_ct):
     dicom_run, _ = graded
-    report = json.loads((dicom_run / "report.json").read_text())
+    report = json.loads((dicom_run / "report.json").read_text(encoding="utf-8"))
     seg = hd.seg.segread(dicom_run / "dicom" / "seg_bodies.dcm")
     segment_of = {d.SegmentLabel.split()[0]: int(d.SegmentNumber) for d in seg.SegmentSequence}
     sr = hd.sr.srread(dicom_run / "dicom" / "sr.dcm")
@@ -416,7 +416,7 @@ def test_snomed_table_is_the_one_the_slicer_adapter_uses():
     """io/terminology.py codes the vertebrae as scene/segmentations.py does (read from its source: no slicer import)."""
     import ast
 
-    source = (Path(__file__).resolve().parents[2] / "HealthiVertLib" / "scene" / "segmentations.py").read_text()
+    source = (Path(__file__).resolve().parents[2] / "HealthiVertLib" / "scene" / "segmentations.py").read_text(encoding="utf-8")
     tables = {}
     for node in ast.walk(ast.parse(source)):
         if isinstance(node, (ast.Assign, ast.AnnAssign)):
@@ -438,17 +438,17 @@ def test_batch_grades_a_case_whose_ct_is_a_dicom_folder_and_resumes(dicom_ct, tm
     args = ["batch", str(tmp_path / "cases"), "--out", str(tmp_path / "out"), "--vertebra", "L1", "--no-figures",
             "--progress", "none"]
     assert main(args) == 0
-    report = json.loads((tmp_path / "out" / "case1" / "report.json").read_text())
+    report = json.loads((tmp_path / "out" / "case1" / "report.json").read_text(encoding="utf-8"))
     assert Path(report["inputs"]["ct"]) == case / "ct"
     assert [v["status"] for v in report["vertebrae"]] == ["graded"]
     assert main(args) == 0  # the same DICOM files: skipped; one file changed: graded again
-    rows = (tmp_path / "out" / "cases.csv").read_text()
+    rows = (tmp_path / "out" / "cases.csv").read_text(encoding="utf-8")
     assert "skipped (done before)" in rows
     ds = pydicom.dcmread(case / "ct" / "IM0001.dcm")
     ds.PatientName = "Changed^Name"
     ds.save_as(case / "ct" / "IM0001.dcm")
     assert main(args) == 0
-    assert "skipped" not in (tmp_path / "out" / "cases.csv").read_text()
+    assert "skipped" not in (tmp_path / "out" / "cases.csv").read_text(encoding="utf-8")
     capsys.readouterr()
 
 
@@ -494,11 +494,11 @@ def test_export_dicom_adds_the_objects_to_a_finished_result(graded, dicom_ct, tm
     dicom_run, nifti_run = graded
     result = tmp_path / "result"
     shutil.copytree(nifti_run, result)
-    marker = json.loads((result / COMPLETE_MARKER).read_text())
+    marker = json.loads((result / COMPLETE_MARKER).read_text(encoding="utf-8"))
     write_complete_marker(result, {e["file"]: result / e["file"] for e in marker["files"]}, provenance={"x": 1})
     written = export_dicom(result, dicom_ct)
     assert set(written) == {f"dicom/{p.name}" for p in (dicom_run / "dicom").iterdir()}
-    marker = json.loads((result / COMPLETE_MARKER).read_text())
+    marker = json.loads((result / COMPLETE_MARKER).read_text(encoding="utf-8"))
     assert set(written) <= {e["file"] for e in marker["files"]} and marker["provenance"] == {"x": 1}
 
     def measurements(run: Path) -> dict:

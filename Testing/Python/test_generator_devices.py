@@ -175,7 +175,7 @@ def test_grade_on_auto_falls_back_with_one_line_and_says_so_in_the_report(gpu, t
     assert _grade(tmp_path) == 0  # no --device: auto
     lines = [x for x in capsys.readouterr().err.splitlines() if "device:" in x]
     assert len(lines) == 1 and lines[0].startswith("healthivert: device: cpu (CUDA not used: a test kernel failed")
-    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    report = json.loads((tmp_path / "out" / "report.json").read_text(encoding="utf-8"))
     assert report["engine_notes"][0] == lines[0].removeprefix("healthivert: ")
     assert any(n.startswith("weights: ") for n in report["engine_notes"])
     assert report["vertebrae"][0]["status"] == "graded"
@@ -184,7 +184,7 @@ def test_grade_on_auto_falls_back_with_one_line_and_says_so_in_the_report(gpu, t
 def test_other_engines_leave_no_engine_notes(tmp_path):
     assert main(["grade", "--seg", str(SAMPLE_SEG), "--vertebra", "L3", "--no-figures", "--progress", "none",
                  "--out", str(tmp_path / "out")]) == 0
-    assert json.loads((tmp_path / "out" / "report.json").read_text())["engine_notes"] == []
+    assert json.loads((tmp_path / "out" / "report.json").read_text(encoding="utf-8"))["engine_notes"] == []
 
 
 @pytest.mark.parametrize("command", ["train-generator", "train-hgam"])
@@ -208,7 +208,7 @@ def test_training_uses_the_same_choice(gpu):
 def test_batch_with_an_explicit_cuda_that_cannot_work_exits_2_before_any_case(gpu, tmp_path, capsys):
     gpu(available=False)
     manifest = tmp_path / "manifest.csv"
-    manifest.write_text(f"case,seg,ct\nc0,{SAMPLE_SEG},{SAMPLE_CT}\n")
+    manifest.write_text(f"case,seg,ct\nc0,{SAMPLE_SEG},{SAMPLE_CT}\n", encoding="utf-8")
     out = tmp_path / "out"
     assert main(["batch", str(manifest), "--out", str(out), "--engine", "generator", "--device", "cuda",
                  "--no-figures", "--progress", "none"]) == 2

@@ -170,7 +170,7 @@ def test_grade_with_the_generator_end_to_end(tmp_path, weights):
     if weights != DEFAULT_WEIGHTS:
         args += ["--weights", str(weights)]
     assert main(args) == 0
-    report = json.loads((out / "report.json").read_text())
+    report = json.loads((out / "report.json").read_text(encoding="utf-8"))
     assert report["engine"] == "generator"
     (l3,) = report["vertebrae"]
     assert l3["status"] == "graded" and l3["grade"] in (0, 1, 2, 3)
@@ -201,7 +201,7 @@ def test_mask_only_case_is_reported_not_crashed(tmp_path, weights, capsys):
     args = ["grade", "--seg", str(SAMPLE_SEG), "--vertebra", "L2", "L3", "--engine", "generator", "--no-figures",
             "--progress", "none", "--weights", str(weights), "--out", str(out)]
     assert main(args) == 0
-    report = json.loads((out / "report.json").read_text())
+    report = json.loads((out / "report.json").read_text(encoding="utf-8"))
     assert [v["status"] for v in report["vertebrae"]] == ["failed", "failed"]
     assert all("needs" in v["reason"] and "--ct" in v["reason"] for v in report["vertebrae"])
     assert not (out / "pseudo_healthy_ct.nii.gz").exists()

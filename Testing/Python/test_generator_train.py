@@ -110,7 +110,7 @@ def test_training_writes_weights_card_log_and_resumes_from_the_checkpoint(tmp_pa
     model, _ = train(opts2)
     card = read_model_card(out / "generator.safetensors")
     assert card.extra["resumed_from_step"] == 2 and card.extra["steps_done"] == 4
-    steps = [json.loads(line)["step"] for line in (out / "scalars.jsonl").read_text().splitlines()]
+    steps = [json.loads(line)["step"] for line in (out / "scalars.jsonl").read_text(encoding="utf-8").splitlines()]
     assert sorted(set(steps)) == [1, 2, 3, 4]  # the resumed run continued at step 3
     cfg, m2, d2 = _tiny_model(seed=5)
     o_g, o_d = torch.optim.Adam(m2.parameters()), torch.optim.Adam(d2.parameters())
@@ -144,7 +144,7 @@ with open(os.path.join(sys.argv[1], f"rank{os.environ['RANK']}.json"), "w") as f
 
 def test_torchrun_two_gloo_processes_keep_identical_parameters(tmp_path):
     driver = tmp_path / "driver.py"
-    driver.write_text(DRIVER)
+    driver.write_text(DRIVER, encoding="utf-8")
     out = tmp_path / "ddp"
     out.mkdir()
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
@@ -159,7 +159,7 @@ def test_torchrun_two_gloo_processes_keep_identical_parameters(tmp_path):
         _, stderr = proc.communicate()
         pytest.fail("torchrun with 2 gloo processes did not finish within 240 s: " + stderr[-3000:])
     assert proc.returncode == 0, stderr[-3000:]
-    ranks = [json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1)]
+    ranks = [json.loads((out / f"rank{r}.json").read_text(encoding="utf-8")) for r in (0, 1)]
     assert ranks[0]["world"] == ranks[1]["world"] == 2
     assert ranks[0]["digest"] == ranks[1]["digest"]
     assert (out / "generator.safetensors").is_file() and (out / "checkpoint.safetensors").is_file()

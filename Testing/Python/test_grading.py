@@ -76,7 +76,7 @@ def test_json_round_trip(tmp_path: Path) -> None:
     grader = SVMGrader(C=2.0, features=("rhlv_anterior", "rhlv_middle", "rhlv_overall")).fit(X, y, groups=groups)
     path = tmp_path / "g.json"
     grader.save(path)
-    data = json.loads(path.read_text())
+    data = json.loads(path.read_text(encoding="utf-8"))
     assert data["format"] == "healthivert-svm-grader" and data["version"] == 1
     assert data["classes"] == [0, 1, 3] and data["features"][2] == "rhlv_overall"
     loaded = SVMGrader.load(path)
@@ -111,7 +111,7 @@ def fitted_dict() -> dict:
 @pytest.mark.parametrize("how", ["truncated", "format", "shape", "nan", "classes", "list"])
 def test_damaged_grader_files(tmp_path: Path, how: str, fitted_dict: dict) -> None:
     path = tmp_path / "g.json"
-    path.write_text(_damage(json.loads(json.dumps(fitted_dict)), how))
+    path.write_text(_damage(json.loads(json.dumps(fitted_dict)), how), encoding="utf-8")
     with pytest.raises(HealthiVertError, match="is damaged or not a HealthiVert grader"):
         SVMGrader.load(path)
 
@@ -192,10 +192,10 @@ def test_threshold_grader_fits_only_what_the_data_can_support(tmp_path: Path) ->
                    {"format": "healthivert-threshold-grader", "version": 1, "features": ["x"],
                     "thresholds": [0.1, 0.2, 0.4]},
                    {"format": "something else"}):
-        (tmp_path / "bad.json").write_text(json.dumps(broken))
+        (tmp_path / "bad.json").write_text(json.dumps(broken), encoding="utf-8")
         with pytest.raises(HealthiVertError, match="grader"):
             load_grader(tmp_path / "bad.json")
-    (tmp_path / "nan.json").write_text('{"format": "healthivert-threshold-grader", "thresholds": [NaN, 0.25, 0.4]}')
+    (tmp_path / "nan.json").write_text('{"format": "healthivert-threshold-grader", "thresholds": [NaN, 0.25, 0.4]}', encoding="utf-8")
     with pytest.raises(HealthiVertError):
         load_grader(tmp_path / "nan.json")
 
@@ -213,16 +213,16 @@ def test_read_real_grade_file() -> None:
 
 def test_read_flat_and_bad_grade_files(tmp_path: Path) -> None:
     flat = tmp_path / "flat.json"
-    flat.write_text(json.dumps({"sub-gl_003_a_20": 1, "x_1": 0}))
+    flat.write_text(json.dumps({"sub-gl_003_a_20": 1, "x_1": 0}), encoding="utf-8")
     assert read_grade_file(flat) == {("sub-gl_003_a", 20): 1, ("x", 1): 0}
     assert read_grade_splits(flat) == {("sub-gl_003_a", 20): "", ("x", 1): ""}
     for content, key in [({"train": {"sub-a_1": 5}}, "sub-a_1"), ({"nounderscore": 1}, "nounderscore"),
                          ({"sub-a_L1": 1}, "sub-a_L1"), ({"sub-b_2": "2"}, "sub-b_2")]:
         bad = tmp_path / "bad.json"
-        bad.write_text(json.dumps(content))
+        bad.write_text(json.dumps(content), encoding="utf-8")
         with pytest.raises(HealthiVertError, match=key):
             read_grade_file(bad)
-    (tmp_path / "broken.json").write_text("{")
+    (tmp_path / "broken.json").write_text("{", encoding="utf-8")
     with pytest.raises(HealthiVertError, match="not readable JSON"):
         read_grade_file(tmp_path / "broken.json")
 
@@ -252,7 +252,7 @@ def test_train_from_tables(tmp_path: Path) -> None:
     grades = _write_table(table)
     grade_file = tmp_path / "vertebra_data.json"
     keys = sorted(grades)
-    grade_file.write_text(json.dumps({"train": {k: grades[k] for k in keys[:50]}, "test": {k: grades[k] for k in keys[50:]}}))
+    grade_file.write_text(json.dumps({"train": {k: grades[k] for k in keys[:50]}, "test": {k: grades[k] for k in keys[50:]}}), encoding="utf-8")
     out = tmp_path / "model" / "grader.json"
     summary = train_from_tables([table], grade_file, out, C=1.0)
     assert summary["n_used"] == 72 and summary["n_subjects"] == 12
@@ -278,7 +278,7 @@ def test_train_from_tables_grade_column_and_errors(tmp_path: Path) -> None:
     with pytest.raises(HealthiVertError, match="only 0 usable"):
         train_from_tables([_empty_table(tmp_path)], None, tmp_path / "g.json")
     bad = tmp_path / "bad.csv"
-    bad.write_text(table.read_text().replace("\nc1,16,0,", "\nc1,16,4,", 1))
+    bad.write_text(table.read_text(encoding="utf-8").replace("\nc1,16,0,", "\nc1,16,4,", 1), encoding="utf-8")
     with pytest.raises(HealthiVertError, match="bad.csv line 3: grade '4'"):
         train_from_tables([bad], None, tmp_path / "g.json")
     with pytest.raises(HealthiVertError, match="lacks the feature"):
@@ -290,7 +290,7 @@ def test_train_from_tables_grade_column_and_errors(tmp_path: Path) -> None:
 
 def _empty_table(tmp_path: Path) -> Path:
     path = tmp_path / "empty.csv"
-    path.write_text("case,verse_label,grade,rhlv_anterior,rhlv_middle,rhlv_posterior\n")
+    path.write_text("case,verse_label,grade,rhlv_anterior,rhlv_middle,rhlv_posterior\n", encoding="utf-8")
     return path
 
 
@@ -298,7 +298,7 @@ def test_train_from_tables_counts_a_vertebra_once(tmp_path: Path) -> None:
     table = tmp_path / "features.csv"
     grades = _write_table(table)
     grade_file = tmp_path / "vertebra_data.json"
-    grade_file.write_text(json.dumps(grades))
+    grade_file.write_text(json.dumps(grades), encoding="utf-8")
     once = train_from_tables([table], grade_file, tmp_path / "once.json")
     twice = train_from_tables([table, table], grade_file, tmp_path / "twice.json")  # the same table given twice
     assert twice["n_used"] == once["n_used"] == 72 and twice["n_per_grade"] == once["n_per_grade"]

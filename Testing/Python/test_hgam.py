@@ -198,7 +198,7 @@ def test_train_hgam_command_writes_weights_and_an_honest_model_card(tmp_path, ca
     assert "Validation: accuracy" in capsys.readouterr().out
     model = load_classifier(out / "hgam_classifier.safetensors")
     assert model.config.image_size == (48, 32) and model.config.spacing_mm == (3.0, 3.0)
-    card = json.loads((out / "hgam_classifier.json").read_text())
+    card = json.loads((out / "hgam_classifier.json").read_text(encoding="utf-8"))
     assert card["kind"] == "hgam_classifier" and card["input_size_px"] == [48, 32] and card["spacing_mm"] == [3.0, 3.0]
     assert "simulated" in card["notice"] and "research use" in card["notice"]
     assert card["training_command"].startswith("healthivert train-hgam --out hgam --cases 2 --val-cases 1 --epochs 1")

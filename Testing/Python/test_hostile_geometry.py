@@ -162,20 +162,20 @@ DEEP = "[" * 100_000 + "]" * 100_000
 
 def test_deeply_nested_dataset_json_is_one_line(tmp_path, capfd):
     path = tmp_path / "dataset.json"
-    path.write_text('{"labels": ' + DEEP + "}")
+    path.write_text('{"labels": ' + DEEP + "}", encoding="utf-8")
     grade_fails(capfd, tmp_path, ["--seg", SAMPLE_SEG, "--all", "--labels", path], "dataset.json", "nested too deeply")
 
 
 def test_deeply_nested_grader_is_one_line(tmp_path, capfd):
     path = tmp_path / "grader.json"
-    path.write_text(DEEP)
+    path.write_text(DEEP, encoding="utf-8")
     grade_fails(capfd, tmp_path, ["--seg", SAMPLE_SEG, "--all", "--grader", path], "grader file .*grader.json",
                 "nested too deeply")
 
 
 def test_deeply_nested_grade_file_is_one_line(tmp_path, capfd):
     table, grades = _feature_table(tmp_path), tmp_path / "grades.json"
-    grades.write_text(DEEP)
+    grades.write_text(DEEP, encoding="utf-8")
     fails(capfd, ["train-grader", table, "--grades", grades, "--out", tmp_path / "g.json"], "grade file .*grades.json",
           "nested too deeply")
 
@@ -210,7 +210,7 @@ def test_grader_with_runaway_coefficients_is_refused(tmp_path, capfd, fitted, wh
     else:
         data["calibration"]["coef"][0][0] = 1e7
     path = tmp_path / "grader.json"
-    path.write_text(json.dumps(data))
+    path.write_text(json.dumps(data), encoding="utf-8")
     grade_fails(capfd, tmp_path, ["--seg", SAMPLE_SEG, "--all", "--grader", path], "grader file .*grader.json",
                 r"decision values reach .* for losses in \[-1, 1\]")
 
@@ -247,7 +247,7 @@ def test_train_grader_refuses_a_feature_that_is_not_a_loss(tmp_path, capfd):
 def test_train_grader_prints_the_kappa_it_stores(tmp_path, capfd):
     out = tmp_path / "g.json"
     assert run("train-grader", _feature_table(tmp_path), "--out", out) == 0
-    kappa = json.loads(out.read_text())["training"]["cv"]["quadratic_weighted_kappa"]
+    kappa = json.loads(out.read_text(encoding="utf-8"))["training"]["cv"]["quadratic_weighted_kappa"]
     printed = capfd.readouterr().out
     assert "kappa nan" not in printed and f"quadratic kappa {kappa:.3f}." in printed
 
@@ -280,10 +280,10 @@ def test_subregions_on_another_grid_is_one_line(tmp_path, capfd):
 @pytest.mark.parametrize("command", [["train-generator", "--steps", "1"], ["train-hgam", "--epochs", "1"]])
 def test_training_commands_check_out_before_computing(tmp_path, capfd, command):
     a_file = tmp_path / "a_file"
-    a_file.write_text("keep me")
+    a_file.write_text("keep me", encoding="utf-8")
     fails(capfd, [*command, "--out", a_file / "sub"], "--out '.*a_file.sub' lies under the file")
     fails(capfd, [*command, "--out", a_file], "--out '.*a_file' is a file")
-    assert a_file.read_text() == "keep me"
+    assert a_file.read_text(encoding="utf-8") == "keep me"
 
 
 def test_negative_seeds_and_weights_without_the_generator_are_refused(tmp_path, capfd):

@@ -107,7 +107,7 @@ def test_output_locations_are_checked(tmp_path):
 
     assert check_output_dir(tmp_path / "new" / "deeper") == tmp_path / "new" / "deeper"
     assert not (tmp_path / "new").exists(), "checking creates nothing"
-    (tmp_path / "file").write_text("x")
+    (tmp_path / "file").write_text("x", encoding="utf-8")
     with pytest.raises(HealthiVertError, match="--out '.*file' is a file, not a folder"):
         check_output_dir(tmp_path / "file")
     with pytest.raises(HealthiVertError, match="--out '.*file.sub' lies under the file '.*file'"):
@@ -204,7 +204,7 @@ def test_empty_image(tmp_path):
     path = tmp_path / "empty.mha"
     path.write_text(
         "ObjectType = Image\nNDims = 3\nDimSize = 10 10 0\nElementType = MET_SHORT\nElementDataFile = LOCAL\n"
-    )
+    , encoding="utf-8")
     with pytest.raises(HealthiVertError, match="is empty"):
         read_image(path, "CT")
 

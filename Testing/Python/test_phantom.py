@@ -176,7 +176,7 @@ def test_dataset_layout_grade_file_and_batch(tmp_path, capsys):
     rows = list(csv.DictReader((out / "manifest.csv").open()))
     assert [r["case"] for r in rows] == ["phantom-0000", "phantom-0001"]
     for row in rows:
-        truth = json.loads((out / "derivatives" / row["case"] / "truth.json").read_text())
+        truth = json.loads((out / "derivatives" / row["case"] / "truth.json").read_text(encoding="utf-8"))
         assert truth["split"] == row["split"] == splits[(row["case"], 21)]
         for level, grade in truth["grades"].items():
             assert grades[(row["case"], VERSE.label_of(level))] == grade
@@ -189,6 +189,6 @@ def test_dataset_layout_grade_file_and_batch(tmp_path, capsys):
     assert main(["batch", str(out / "manifest.csv"), "--out", str(results), "--no-figures", "--progress", "none"]) == 0
     cases = list(csv.DictReader((results / "cases.csv").open()))
     assert [c["status"] for c in cases] == ["done", "done"]
-    report = json.loads((results / "phantom-0000" / "report.json").read_text())
+    report = json.loads((results / "phantom-0000" / "report.json").read_text(encoding="utf-8"))
     assert report["inputs"]["subregions"] and report["inputs"]["ct"]
     assert "phantom" in capsys.readouterr().out

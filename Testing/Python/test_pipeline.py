@@ -54,7 +54,7 @@ def test_sample_case_grades_lumbar_and_flags_cut_vertebrae(sample_result):
 
 def test_heights_agree_with_totalsegmentator_spine_report(sample_result):
     """Mean body height vs TotalSegmentator's mean of its three heights (3 mm voxels)."""
-    report = json.loads((DATA / "totalsegmentator" / "ts_spine_report.json").read_text())["results"]
+    report = json.loads((DATA / "totalsegmentator" / "ts_spine_report.json").read_text(encoding="utf-8"))["results"]
     for level, v in _by_level(sample_result).items():
         if v.status != GRADED:
             continue

@@ -147,11 +147,11 @@ def test_no_qc_grades_anyway_with_warnings(tmp_path, sample, capsys):
     rc = main(["grade", "--seg", str(path), "--labels", "totalseg", "--all", "--out", str(out),
                "--progress", "none", "--no-figures", "--no-qc"])
     assert rc == 0
-    report = json.loads((out / "report.json").read_text())
+    report = json.loads((out / "report.json").read_text(encoding="utf-8"))
     assert any("--no-qc" in w for w in report["warnings"])
     assert any("out of anatomical order" in w for w in report["warnings"])
     assert "Warning: mask quality checks skipped" in capsys.readouterr().out
-    assert "Warning: mask quality checks skipped" in (out / "index.html").read_text()
+    assert "Warning: mask quality checks skipped" in (out / "index.html").read_text(encoding="utf-8")
 
 
 def test_no_qc_keeps_the_finding_on_the_vertebra(tmp_path, sample):
@@ -165,7 +165,7 @@ def test_numbering_shifted_onto_the_sacrum_is_refused(tmp_path, sample):
     names = {25: "vertebrae_S1", 26: "vertebrae_L5", 27: "vertebrae_L4", 28: "vertebrae_L3", 29: "vertebrae_L2",
              30: "vertebrae_L1", 31: "vertebrae_T12", 32: "vertebrae_T11"}
     dataset = tmp_path / "dataset.json"
-    dataset.write_text(json.dumps({"labels": {name: value for value, name in names.items()}}))
+    dataset.write_text(json.dumps({"labels": {name: value for value, name in names.items()}}), encoding="utf-8")
     case = load_case(_write(tmp_path, sample, sample[1]), labels=dataset)
     with pytest.raises(HealthiVertError, match="size of a sacrum.*shifted by a level"):
         grade_case(case, volumes=False)

@@ -119,9 +119,9 @@ def small_verse19(tmp_path: Path) -> Path:
     for s in ("sub-verse006", "sub-verse007"):
         for f in VERSE19.glob(f"{s}_*.nii.gz"):
             shutil.copy(f, data / f.name)
-    grades = json.loads((VERSE19 / "vertebra_data.json").read_text())["train"]
+    grades = json.loads((VERSE19 / "vertebra_data.json").read_text(encoding="utf-8"))["train"]
     small = {k: v for k, v in grades.items() if k.startswith(("sub-verse006_", "sub-verse007_"))}
-    (data / "vertebra_data.json").write_text(json.dumps({"train": small}))
+    (data / "vertebra_data.json").write_text(json.dumps({"train": small}), encoding="utf-8")
     return data
 
 
@@ -173,7 +173,7 @@ def test_bench_real_errors(tmp_path: Path, capsys) -> None:
     assert main(["bench", "--real", "--data", str(empty), "--progress", "none"]) == 2
     err = capsys.readouterr().err
     assert "vertebra_data.json" in err and len(err.strip().splitlines()) == 1
-    (empty / "vertebra_data.json").write_text(json.dumps({"sub-verse001_20": 0}))
+    (empty / "vertebra_data.json").write_text(json.dumps({"sub-verse001_20": 0}), encoding="utf-8")
     assert main(["bench", "--real", "--data", str(empty), "--progress", "none"]) == 2
     err = capsys.readouterr().err
     assert "no case" in err and len(err.strip().splitlines()) == 1
@@ -200,8 +200,8 @@ def test_bench_real_stability_section(small_verse19: Path, tmp_path: Path) -> No
     out = tmp_path / "stable.md"
     assert main(["bench", "--real", "--stability", "--data", str(small_verse19), "--estimators", "minmax",
                  "--out", str(out), "--progress", "none"]) == 0
-    md = out.read_text()
+    md = out.read_text(encoding="utf-8")
     assert "## Stability under mask perturbation" in md and "healthivert bench --real --stability" in md
-    stability = json.loads(out.with_suffix(".json").read_text())["stability"]
+    stability = json.loads(out.with_suffix(".json").read_text(encoding="utf-8"))["stability"]
     assert stability["n"] == 4 * 9 and 0 <= stability["share_stable"] <= 1  # 9 graded vertebrae x 4 perturbations
     assert main(["bench", "--stability", "--progress", "none"]) == 2  # only with --real

@@ -32,7 +32,7 @@ def mask(mask_image) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def centroids() -> list[dict]:
-    return json.loads((DATA / "0007.json").read_text())
+    return json.loads((DATA / "0007.json").read_text(encoding="utf-8"))
 
 
 @pytest.fixture(scope="module")

@@ -164,8 +164,8 @@ def test_scene_module_dependencies_and_weights_folder(module, tmp_path, monkeypa
     assert folder == tmp_path / "home" / ".healthivert" / "weights"
     folder.mkdir(parents=True)
     (folder / "generator.safetensors").write_bytes(b"x")
-    (folder / "generator.json").write_text("{}")
-    (folder / "notes.txt").write_text("kept")
+    (folder / "generator.json").write_text("{}", encoding="utf-8")
+    (folder / "notes.txt").write_text("kept", encoding="utf-8")
     assert [Path(f).name for f in logic.cachedWeights()] == ["generator.json", "generator.safetensors"]
     checkpoint = tmp_path / "latest_net_G.pth"
     checkpoint.write_bytes(b"y")

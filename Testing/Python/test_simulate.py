@@ -221,7 +221,7 @@ def test_cli_simulate_end_to_end(tmp_path, capsys):
                    "--progress", "none"])
     assert rc == 0
     assert sorted(p.name for p in out.iterdir()) == ["body.nii.gz", "ct.nii.gz", "seg.nii.gz", "truth.json"]
-    truth = json.loads((out / "truth.json").read_text())
+    truth = json.loads((out / "truth.json").read_text(encoding="utf-8"))
     l3 = truth["fractures"]["L3"]
     assert l3["kind"] == "wedge" and l3["seed"] == 4 and l3["verse_label"] == 22 and l3["genant_grade"] == 2
     assert l3["rhlv"]["anterior"] == pytest.approx(0.3, abs=0.01)
@@ -235,7 +235,7 @@ def test_cli_simulate_end_to_end(tmp_path, capsys):
     # the LEVEL:TYPE:LOSS form; a bad request exits 2 and leaves the inputs alone
     assert cli.main(["simulate", "--seg", str(TPT_SEG), "--fracture", "L3:crush:0.2", "--out", str(tmp_path / "f"),
                      "--progress", "none"]) == 0
-    assert json.loads((tmp_path / "f" / "truth.json").read_text())["fractures"]["L3"]["kind"] == "crush"
+    assert json.loads((tmp_path / "f" / "truth.json").read_text(encoding="utf-8"))["fractures"]["L3"]["kind"] == "crush"
     for bad in (["--fracture", "L3:crush"], ["--vertebra", "L3", "--type", "crush", "--loss", "0.9"], ["--vertebra", "L4",
                 "--type", "crush", "--loss", "0.3"], []):
         assert cli.main(["simulate", "--seg", str(TPT_SEG), *bad, "--out", str(tmp_path / "bad"), "--progress", "none"]) == 2
@@ -263,5 +263,5 @@ def test_counterfactuals(tmp_path):
         sizes.append(int((sitk.GetArrayViewFromImage(img) == SAMPLE_L3).sum()))
     assert sizes == sorted(sizes, reverse=True) and sizes[3] > 0
     assert files["figures/L3_counterfactuals.png"].stat().st_size > 1000
-    report = json.loads(files["report.json"].read_text())
+    report = json.loads(files["report.json"].read_text(encoding="utf-8"))
     assert report["vertebrae"][0]["counterfactuals"]["grades"]["3"]["file"] == "counterfactual_grade3_label.nii.gz"

@@ -73,13 +73,13 @@ def test_fall_backs_say_what_they_did(prior):
 
 def test_prior_file_is_checked(tmp_path, prior):
     assert prior.fitted_on and len(prior.sources) >= 4 and set(prior.mu) == set(LEVELS)
-    bad = json.loads(DEFAULT_PRIOR.read_text())
+    bad = json.loads(DEFAULT_PRIOR.read_text(encoding="utf-8"))
     bad["fitted"]["sd"]["middle"] = float("nan")
-    (tmp_path / "nan.json").write_text(json.dumps(bad))
+    (tmp_path / "nan.json").write_text(json.dumps(bad), encoding="utf-8")
     for path, text in ((tmp_path / "nan.json", None), (tmp_path / "other.json", '{"format": "x"}'),
                        (tmp_path / "broken.json", "{")):
         if text is not None:
-            path.write_text(text)
+            path.write_text(text, encoding="utf-8")
         with pytest.raises(HealthiVertError):
             Prior.load(path)
 
