@@ -76,9 +76,10 @@ def make_engine(args: argparse.Namespace):
 
 
 def announce_device(engine):
-    """Print the device line of an engine that runs networks (which device and, on a fall-back, why) on
-    stderr, once; the same line is in the report's ``engine_notes``. Returns ``engine``."""
+    """Print the device line of an engine that runs networks on stderr, once, when ``auto`` chose it
+    (which device and, on a fall-back, why); a device the user named needs no line. The line is in
+    the report's ``engine_notes`` either way. Returns ``engine``."""
     choice = getattr(engine, "device_choice", None)
-    if choice is not None:
+    if choice is not None and not choice.requested:
         print(f"healthivert: {choice.note}", file=sys.stderr)
     return engine

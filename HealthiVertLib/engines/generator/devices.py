@@ -34,6 +34,7 @@ class DeviceChoice:
 
     device: torch.device
     note: str
+    requested: bool = False  # the user named this device; nothing to explain on the terminal
 
 
 def choose_device(requested: str | None = None) -> DeviceChoice:
@@ -49,18 +50,19 @@ def choose_device(requested: str | None = None) -> DeviceChoice:
     except (RuntimeError, TypeError, ValueError):
         raise HealthiVertError(f"Unknown device {requested!r}; use auto, cpu, cuda, cuda:N or mps.") from None
     if dev.type == "cpu":
-        return DeviceChoice(torch.device("cpu"), "device: cpu (requested)")
+        return DeviceChoice(torch.device("cpu"), "device: cpu (requested)", requested=True)
     if dev.type == "cuda":
         index = dev.index if dev.index is not None else 0
         problem = cuda_problem(index)
         if problem:
             raise HealthiVertError(f"--device {requested} cannot be used: {problem}; use --device auto or cpu.")
-        return DeviceChoice(torch.device("cuda", index), f"device: cuda:{index} ({_gpu_name(index)}, requested)")
+        return DeviceChoice(torch.device("cuda", index), f"device: cuda:{index} ({_gpu_name(index)}, requested)",
+                            requested=True)
     if dev.type == "mps":
         problem = mps_problem()
         if problem:
             raise HealthiVertError(f"--device {requested} cannot be used: {problem}; use --device auto or cpu.")
-        return DeviceChoice(torch.device("mps"), "device: mps (Apple GPU, requested)")
+        return DeviceChoice(torch.device("mps"), "device: mps (Apple GPU, requested)", requested=True)
     raise HealthiVertError(f"Device {requested!r} is not supported; use auto, cpu, cuda, cuda:N or mps.")
 
 
