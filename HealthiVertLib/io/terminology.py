@@ -6,7 +6,7 @@ vertebrae_C1 ... vertebrae_L5; category SCT 123037004 "Anatomical Structure"). T
 code of their own: "Vertebra" (SCT 51282000) in the thoracic (122495006) or lumbar (122496007)
 spine, as that file codes vertebrae_thoracic / vertebrae_lumbar. :func:`vertebra_code` gives the
 (type, region) codes of a level and :func:`level_from_code` reads a level back from a code.
-The table is the one ``scene/segmentations.py`` uses (a test keeps the two equal).
+``scene/segmentations.py`` codes the Slicer segments with the same table.
 """
 
 from __future__ import annotations

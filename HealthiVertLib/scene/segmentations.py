@@ -18,30 +18,15 @@ import vtk
 import slicer
 
 from ..io import labels as lab
+from ..io.terminology import SCT_CATEGORY, SCT_SPINE_REGION, SCT_VERTEBRA, VERTEBRA_SCT, level_from_code
 from ..errors import HealthiVertError
 from .volumes import as_label_image, image_to_volume, resample_labels_to, same_geometry, volume_to_image
 
 
-# SNOMED CT codes of the vertebrae, as the TotalSegmentator Slicer extension assigns them
-# (lassoan/SlicerTotalSegmentator, TotalSegmentator/Resources/totalsegmentator_snomed_mapping.csv,
-# rows vertebrae_C1 ... vertebrae_L5; category SCT 123037004 "Anatomical Structure"). T13 and L6
-# have no code of their own: "Vertebra" (SCT 51282000) in the thoracic (122495006) or lumbar
-# (122496007) spine, as that file codes vertebrae_thoracic / vertebrae_lumbar.
-SCT_CATEGORY = ("SCT", "123037004", "Anatomical Structure")
-VERTEBRA_SCT: Mapping[str, str] = {
-    "C1": "14806007", "C2": "39976000", "C3": "113205007", "C4": "5329002", "C5": "36978003",
-    "C6": "36054005", "C7": "87391001",
-    "T1": "64864005", "T2": "53733008", "T3": "1626008", "T4": "73071006", "T5": "56401006",
-    "T6": "45296009", "T7": "62487009", "T8": "11068009", "T9": "82687006", "T10": "7610001",
-    "T11": "12989004", "T12": "23215003",
-    "L1": "66794005", "L2": "14293000", "L3": "36470004", "L4": "11994002", "L5": "49668003",
-}  # fmt: skip
-SCT_VERTEBRA = "51282000"
-SCT_SPINE_REGION = {"T": ("SCT", "122495006", "Thoracic spine"), "L": ("SCT", "122496007", "Lumbar spine")}
+# SNOMED CT codes of the vertebrae: one table for the DICOM objects and the scene (io/terminology.py).
 # Terminology contexts of Slicer's Terminologies module (DICOM master lists).
 TYPE_CONTEXT = "Segmentation category and type - DICOM master list"
 ANATOMIC_CONTEXT = "Anatomic codes - DICOM master list"
-_LEVEL_BY_SCT = {code: level for level, code in VERTEBRA_SCT.items()}
 
 
 # --- label inputs ----------------------------------------------------------------------------------
@@ -88,7 +73,7 @@ def level_from_terminology(terminology: str) -> str | None:
     if len(parts) < 3:
         return None
     code = parts[2].split("^")
-    return _LEVEL_BY_SCT.get(code[1]) if len(code) >= 2 and code[0] in ("SCT", "SRT") else None
+    return level_from_code(code[0], code[1]) if len(code) >= 2 else None
 
 
 def segment_terminology(segment) -> str:

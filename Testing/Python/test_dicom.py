@@ -412,24 +412,6 @@ def test_inputs_are_not_modified(small_ct, tmp_path):
     assert {p.name: p.read_bytes() for p in small_ct.iterdir()} == before
 
 
-def test_snomed_table_is_the_one_the_slicer_adapter_uses():
-    """io/terminology.py codes the vertebrae as scene/segmentations.py does (read from its source: no slicer import)."""
-    import ast
-
-    source = (Path(__file__).resolve().parents[2] / "HealthiVertLib" / "scene" / "segmentations.py").read_text(encoding="utf-8")
-    tables = {}
-    for node in ast.walk(ast.parse(source)):
-        if isinstance(node, (ast.Assign, ast.AnnAssign)):
-            target = node.targets[0] if isinstance(node, ast.Assign) else node.target
-            if isinstance(target, ast.Name) and target.id in ("VERTEBRA_SCT", "SCT_VERTEBRA", "SCT_CATEGORY"):
-                tables[target.id] = ast.literal_eval(node.value)
-    from HealthiVertLib.io import terminology
-
-    assert tables or "terminology" in source  # its own copy of the table, or it imports this one
-    for name, value in tables.items():
-        assert value == getattr(terminology, name), name
-
-
 def test_batch_grades_a_case_whose_ct_is_a_dicom_folder_and_resumes(dicom_ct, tmp_path, capsys):
     case = tmp_path / "cases" / "case1"
     case.mkdir(parents=True)
