@@ -3,9 +3,8 @@
 Figures use ``matplotlib.figure.Figure`` with an Agg canvas (no pyplot, no global state), so
 reports can be written from threads or worker processes. :func:`render_figures` draws a case's
 figures (in forked worker processes where it can; one by one after :func:`draw_figures_serially`,
-as ``app.batch`` workers do) and writes them atomically (``io.files``); :func:`start_figures` starts
-the workers and returns, so ``outputs.report`` writes the volumes while they draw. Research use
-only, not for diagnosis.
+as ``app.batch`` workers do) and writes them atomically (``io.files``). Research use only, not
+for diagnosis.
 """
 
 from __future__ import annotations
@@ -401,20 +400,8 @@ def render_figures(result: CaseResult, out_dir: str | Path) -> dict[int, dict[st
 
     Drawing dominates the run time, so with several figures and cores they are drawn in forked
     worker processes (Linux); elsewhere, in a daemonic process or after ``draw_figures_serially``
-    (``app.batch`` workers), one by one. :func:`start_figures` starts the drawing and lets the
-    caller write other outputs meanwhile.
+    (``app.batch`` workers), one by one.
     """
-    drawing = start_figures(result, out_dir)
-    try:
-        return drawing.finish()
-    finally:
-        drawing.close()
-
-
-def start_figures(result: CaseResult, out_dir: str | Path) -> "FigureDrawing":
-    """Start drawing the figures of ``result`` (in forked workers where :func:`render_figures` would use
-    them) and return at once; :meth:`FigureDrawing.finish` writes them, :meth:`FigureDrawing.close` ends
-    the workers (always call it: ``finally``)."""
     fig_dir = Path(out_dir) / FIGURES_DIR
     used: set[str] = set()
     out: dict[int, dict[str, Path]] = {}
@@ -426,37 +413,12 @@ def start_figures(result: CaseResult, out_dir: str | Path) -> "FigureDrawing":
         kinds = list(FIGURE_MAKERS) + ([COUNTERFACTUAL_FIGURE] if v.views.sagittal_counterfactuals else [])
         out[i] = {kind: fig_dir / f"{stem}_{kind}.png" for kind in kinds}
         jobs += [(path, kind, v) for kind, path in out[i].items()]
-    return FigureDrawing(out, [j[0] for j in jobs], [(kind, v) for _, kind, v in jobs])
-
-
-class FigureDrawing:
-    """Figures being drawn: forked workers hold the jobs from the fork (only indices and PNG bytes are
-    sent between processes) and draw while the parent goes on; without workers, drawn in :meth:`finish`."""
-
-    def __init__(self, out: dict[int, dict[str, Path]], paths: list[Path], jobs: list[tuple[str, VertebraResult]]):
-        self.out, self.paths, self.jobs = out, paths, jobs
-        self.pool = _start_pool(jobs)
-        self.futures = [self.pool.submit(_draw_inherited, i) for i in range(len(jobs))] if self.pool else None
-
-    def finish(self) -> dict[int, dict[str, Path]]:
-        """Wait for every figure, write them (atomically) and return index -> kind -> path."""
-        if self.futures is not None:
-            pngs: Iterable[bytes] = [f.result() for f in self.futures]
-        else:
-            pngs = (draw_figure(job) for job in self.jobs)
-        for path, png in zip(self.paths, pngs):
-            write_bytes_atomic(path, png)
-        return self.out
-
-    def close(self) -> None:
-        """End the workers (pending figures are dropped)."""
-        if self.pool is not None:
-            self.pool.shutdown(wait=True, cancel_futures=True)
-            self.pool = None
+    for path, png in zip((j[0] for j in jobs), draw_all([(kind, v) for _, kind, v in jobs])):
+        write_bytes_atomic(path, png)
+    return out
 
 
 def draw_figure(job: tuple[str, VertebraResult]) -> bytes:
-    """PNG bytes of one (kind, vertebra) figure."""
     kind, v = job
     return counterfactual_figure(v) if kind == COUNTERFACTUAL_FIGURE else FIGURE_MAKERS[kind](v)
 
@@ -468,41 +430,18 @@ def draw_figures_serially() -> None:
 
 
 _PARALLEL_FIGURES = True
-_INHERITED_JOBS: list[tuple[str, VertebraResult]] = []  # a forked worker's jobs, set by _init_worker
 
 
-def _init_worker(jobs: list[tuple[str, VertebraResult]]) -> None:
-    """Forked worker: keep the jobs (inherited with the fork, not pickled) and load matplotlib now."""
-    global _INHERITED_JOBS
-    exit_with_parent()
-    _INHERITED_JOBS = jobs
-    import matplotlib.backends.backend_agg  # noqa: F401  (before the first job arrives)
-    import matplotlib.figure  # noqa: F401
-
-
-def _draw_inherited(index: int) -> bytes:
-    return draw_figure(_INHERITED_JOBS[index])
-
-
-def _start_pool(jobs: list[tuple[str, VertebraResult]]):
-    """A pool of forked workers for ``jobs``, or None where they are drawn in this process."""
+def draw_all(jobs: list[tuple[str, VertebraResult]]) -> Iterable[bytes]:
+    """PNG bytes of every (kind, vertebra), in order."""
     import multiprocessing
     import os
 
     workers = min(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1, len(jobs) // 3)
     if (workers < 2 or not _PARALLEL_FIGURES or "fork" not in multiprocessing.get_all_start_methods()
             or multiprocessing.current_process().daemon):
-        return None
+        return [draw_figure(job) for job in jobs]
     from concurrent.futures import ProcessPoolExecutor
 
-    return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"), initializer=_init_worker,
-                               initargs=(jobs,))
-
-
-def draw_all(jobs: list[tuple[str, VertebraResult]]) -> Iterable[bytes]:
-    """PNG bytes of every (kind, vertebra), in order."""
-    pool = _start_pool(jobs)
-    if pool is None:
-        return [draw_figure(job) for job in jobs]
-    with pool:
-        return list(pool.map(_draw_inherited, range(len(jobs))))
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"), initializer=exit_with_parent) as pool:
+        return list(pool.map(draw_figure, jobs))

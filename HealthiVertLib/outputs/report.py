@@ -24,7 +24,7 @@ from ..io.files import write_text_atomic
 from ..io.images import check_same_grid
 from ..pipeline.records import CaseResult
 from .dicom import DICOM_DIR, is_dicom_output_name, result_from_folder, write_dicom
-from .figures import FIGURES_DIR, is_figure_name, start_figures
+from .figures import FIGURES_DIR, is_figure_name, render_figures
 from .html import index_html
 from .tables import csv_text, json_text
 from .volumes import is_volume_name, write_volumes
@@ -59,15 +59,11 @@ def write_outputs(result: CaseResult, out_dir: str | Path, *, figures: bool = Tr
     write_text_atomic(files["report.json"], json_text(result))
     files["report.csv"] = out_dir / "report.csv"
     write_text_atomic(files["report.csv"], csv_text(result))
-    drawing = start_figures(result, out_dir) if figures else None  # drawn (forked workers) while volumes are written
-    try:
-        files.update(write_volumes(result, out_dir))
-        if dicom is not None:
-            files.update(write_dicom(result, dicom, out_dir))
-        figs = drawing.finish() if drawing is not None else {}
-    finally:
-        if drawing is not None:
-            drawing.close()
+    files.update(write_volumes(result, out_dir))
+    if dicom is not None:
+        files.update(write_dicom(result, dicom, out_dir))
+
+    figs = render_figures(result, out_dir) if figures else {}
     for paths in figs.values():
         for path in paths.values():
             files[path.relative_to(out_dir).as_posix()] = path

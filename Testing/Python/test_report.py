@@ -269,30 +269,6 @@ def test_figures_drawn_in_worker_processes_equal_one_by_one(monkeypatch):
     assert draw_all(jobs) == one_by_one
 
 
-def test_figures_drawn_while_volumes_are_written_equal_one_by_one(tmp_path, monkeypatch):
-    """write_outputs starts the figure workers before the volumes and writes the same PNGs as drawn one by one;
-    an error while writing the volumes ends the workers (no figure written, no hang)."""
-    import dataclasses
-
-    from HealthiVertLib.outputs import report
-
-    base = make_result()
-    vertebrae = [dataclasses.replace(base.vertebrae[0], level=f"L{i}", label=19 + i) for i in range(1, 4)]
-    result = dataclasses.replace(base, vertebrae=vertebrae)
-    files = write_outputs(result, tmp_path / "out")
-    for v in vertebrae:
-        for kind in FIGURE_MAKERS:
-            assert files[f"figures/{v.level}_{kind}.png"].read_bytes() == draw_figure((kind, v))
-
-    def broken(*_args, **_kwargs):
-        raise OSError("disk full")
-
-    monkeypatch.setattr(report, "write_volumes", broken)
-    with pytest.raises(OSError, match="disk full"):
-        write_outputs(result, tmp_path / "broken")
-    assert not (tmp_path / "broken" / "figures").exists() or not any((tmp_path / "broken" / "figures").iterdir())
-
-
 # ----------------------------------------------------------------------------- completion marker, re-runs
 
 
