@@ -193,7 +193,8 @@ def run(args) -> dict:
                       f"{name:8s} {m['wall_s']:6.2f} s {m['rss_mb']:6.0f} MB (tree {m['tree_rss_mb']:.0f})",
                       file=sys.stderr, flush=True)
                 if args.json:
-                    Path(args.json).write_text(json.dumps({"cases": cases, "results": results}, indent=1), encoding="utf-8")
+                    Path(args.json).write_text(json.dumps(portable({"cases": cases, "results": results}), indent=1),
+                                               encoding="utf-8")
     return {"cases": cases, "results": results, "impls": {k: str(v) for k, v in impls.items()},
             "elapsed_s": time.perf_counter() - t0, "repeats": args.repeats,
             "measured": [{"engines": args.engines, "commits": {k: _commit(v) for k, v in impls.items()}}]}
@@ -351,6 +352,21 @@ def same_numbers(results: dict) -> list[str]:
     return out
 
 
+def portable(data: dict) -> dict:
+    """``data`` without this machine's paths: case files relative to the repository (or just their name
+    when made in the work folder), checkouts by role (their commits are in ``measured``)."""
+    def where(path: str) -> str:
+        p = Path(path)
+        return p.relative_to(ROOT).as_posix() if p.is_relative_to(ROOT) else f"<work>/{p.name}"
+
+    out = dict(data)
+    out["cases"] = {name: {**case, "seg": where(case["seg"]), "ct": where(case["ct"])}
+                    for name, case in data.get("cases", {}).items()}
+    if "impls" in data:
+        out["impls"] = {name: f"<{name} checkout>" for name in data["impls"]}
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--baseline", metavar="DIR", help="a checkout of the previous implementation (git worktree)")
@@ -384,7 +400,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         data = run(args)
         if args.json:
-            Path(args.json).write_text(json.dumps(data, indent=1), encoding="utf-8")
+            Path(args.json).write_text(json.dumps(portable(data), indent=1), encoding="utf-8")
     text = render(data)
     if args.note:
         text += "\n## Notes\n\n" + "\n".join(f"- {n}" for n in args.note) + "\n"
