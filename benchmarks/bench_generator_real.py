@@ -45,7 +45,9 @@ sys.path.insert(0, str(ROOT))
 DATA = ROOT / "benchmarks" / "data" / "verse19"
 SIZE, SPACING = (96, 64), 1.5
 VAL_PHANTOMS = 2  # the model card's validation phantoms: seeds VAL_SEED_OFFSET + 0, 1, one fracture each
-LEVEL_OF = {**{8 + i: f"T{i + 1}" for i in range(12)}, **{20 + i: f"L{i + 1}" for i in range(6)}, 28: "T13"}
+from HealthiVertLib.io.labels import VERSE
+
+LEVEL_OF = VERSE.label_to_level  # VerSe label value -> level, as the grade files number them
 HU_LO, HU_HI = -300.0, 800.0
 
 

@@ -33,7 +33,9 @@ sys.path.insert(0, str(REPO))
 DATA = REPO / "benchmarks" / "data" / "verse19"
 OUT = REPO / "docs" / "generator_diagnosis"
 PHANTOM_SEEDS = (0, 1)  # among the 12 training phantoms of the bundled weights (seeds 0-11)
-LEVEL_OF = {**{8 + i: f"T{i + 1}" for i in range(12)}, **{20 + i: f"L{i + 1}" for i in range(6)}, 28: "T13"}
+from HealthiVertLib.io.labels import VERSE
+
+LEVEL_OF = VERSE.label_to_level  # VerSe label value -> level, as the grade files number them
 
 
 # ----------------------------------------------------------------------------- probing the engine

@@ -29,7 +29,9 @@ sys.path.insert(0, str(REPO))
 
 DATA = REPO / "benchmarks" / "data" / "verse19"
 BUNDLED = REPO / "HealthiVertLib" / "data" / "weights" / "generator_default.safetensors"
-LEVEL_OF = {**{8 + i: f"T{i + 1}" for i in range(12)}, **{20 + i: f"L{i + 1}" for i in range(6)}, 28: "T13"}
+from HealthiVertLib.io.labels import VERSE
+
+LEVEL_OF = VERSE.label_to_level  # VerSe label value -> level, as the grade files number them
 
 
 def init_checkpoint(path: Path, opts) -> None:
